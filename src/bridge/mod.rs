@@ -1,0 +1,129 @@
+//! The hand-off between tokio threads and the one Python thread.
+//!
+//! Tokio threads never attach to the interpreter. They push [`Event`]s onto a
+//! queue and, when the Python thread is not already due to look at it, write
+//! to an eventfd that the asyncio loop watches. The Python thread then takes
+//! the whole queue in one go, so a burst of requests costs one wake-up.
+
+pub mod exchange;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+pub use exchange::{Exchange, RequestHead, ResponseHead, WaitKind};
+
+/// Work for the Python thread.
+#[derive(Debug)]
+pub enum Event {
+    /// A new HTTP request: build its scope and start the app.
+    Request(Box<RequestHead>),
+    /// A Python future parked on an exchange can make progress.
+    Wake(exchange::Parked),
+    /// Stop serving: run lifespan shutdown and stop the event loop.
+    Stop,
+}
+
+/// The queue of [`Event`]s and the eventfd that announces them.
+#[derive(Debug)]
+pub struct Bridge {
+    queue: Mutex<Vec<Event>>,
+    /// True from the moment a producer writes to the eventfd until the
+    /// Python thread starts taking the queue, so a burst writes once.
+    wake_pending: AtomicBool,
+    eventfd: EventFd,
+}
+
+impl Bridge {
+    /// Creates the queue and a non-blocking eventfd for the loop to watch.
+    pub fn new() -> std::io::Result<Self> {
+        let flags = EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC;
+        let eventfd = EventFd::from_value_and_flags(0, flags)?;
+        Ok(Self {
+            queue: Mutex::new(Vec::with_capacity(64)),
+            wake_pending: false.into(),
+            eventfd,
+        })
+    }
+
+    /// The file descriptor the event loop registers as a reader.
+    pub fn fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Queues `event` and wakes the Python thread unless a wake-up is
+    /// already on its way. Safe from any thread; never blocks on Python.
+    pub fn submit(&self, event: Event) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+
+        // AcqRel pairs with the store in `take_events`: a producer that sees
+        // `false` here pushed after the consumer's reset, so its event may
+        // have missed the swap and the consumer must be woken again.
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A full counter (2^64 - 2 writes unread) is the only failure of
+            // a non-blocking eventfd write; the consumer is awake then anyway.
+            let _ = self.eventfd.write(1);
+        }
+    }
+
+    /// Takes every queued event. Called on the Python thread when the
+    /// eventfd is readable, and once more at the end of each pass.
+    pub fn take_events(&self, into: &mut Vec<Event>) {
+        // Reading resets the counter; EAGAIN only means nobody wrote.
+        let _ = self.eventfd.read();
+
+        // Reset before taking: an event pushed after this point either lands
+        // in the swap below or sees `false` and writes the eventfd again.
+        self.wake_pending.store(false, Ordering::Release);
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *queue, into);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+
+    fn readable(bridge: &Bridge) -> bool {
+        let mut fds = [PollFd::new(bridge.eventfd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn burst_of_events_wakes_once_and_is_taken_whole() {
+        let bridge = Bridge::new().unwrap();
+        assert!(!readable(&bridge));
+
+        bridge.submit(Event::Stop);
+        bridge.submit(Event::Stop);
+        assert!(readable(&bridge));
+        assert_eq!(
+            bridge.eventfd.read().unwrap(),
+            1,
+            "second submit wrote again"
+        );
+        bridge.eventfd.write(1).unwrap();
+
+        let mut events = Vec::new();
+        bridge.take_events(&mut events);
+        assert_eq!(events.len(), 2);
+        assert!(!readable(&bridge));
+    }
+
+    #[test]
+    fn event_after_take_wakes_again() {
+        let bridge = Bridge::new().unwrap();
+        let mut events = Vec::new();
+        bridge.submit(Event::Stop);
+        bridge.take_events(&mut events);
+        bridge.submit(Event::Stop);
+        assert!(readable(&bridge));
+    }
+}

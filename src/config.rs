@@ -1,0 +1,279 @@
+//! The resolved, validated configuration that the rest of the program reads.
+//!
+//! [`Config::from_cli`] turns the raw command line into values that can no
+//! longer be wrong: a parsed application reference, one bind target and
+//! durations. Every error names the offending value and how to fix it, and
+//! leads to exit code 2.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{Cli, LifespanMode, LogLevel, LoopKind};
+
+/// Port used when neither `--port`, `FASTSERVE_PORT` nor `PORT` is set. 8080
+/// is what container platforms (Cloud Run, Knative, most Helm charts) expect.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Host used when `--host` is not set: every IPv4 interface, so the server is
+/// reachable from outside its container.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid app {value:?}: expected \"module:attribute\", for example \"main:app\"")]
+    InvalidApp { value: String },
+
+    #[error("invalid PORT environment variable {value:?}: expected a number from 0 to 65535")]
+    InvalidPortEnv { value: String },
+
+    #[error("invalid {option} {value}: expected a finite number of seconds, 0 or more")]
+    InvalidSeconds { option: &'static str, value: f64 },
+
+    #[error("--uds and --fd cannot be used together: choose one way to get the socket")]
+    ConflictingSockets,
+
+    #[error("invalid --fd {value}: expected a file descriptor number, 3 or more")]
+    InvalidFd { value: i32 },
+}
+
+/// Where the application comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppSource {
+    /// The built-in demo app shipped inside the binary.
+    Demo,
+    /// `module:attribute` as given on the command line.
+    Import { module: String, attribute: String },
+}
+
+impl AppSource {
+    /// Parses a `module:attribute` reference; the attribute may be dotted.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let invalid = || ConfigError::InvalidApp {
+            value: value.to_owned(),
+        };
+        let (module, attribute) = value.split_once(':').ok_or_else(invalid)?;
+
+        let module_ok = module.split('.').all(is_identifier);
+        let attribute_ok = attribute.split('.').all(is_identifier);
+        if !module_ok || !attribute_ok {
+            return Err(invalid());
+        }
+
+        Ok(Self::Import {
+            module: module.to_owned(),
+            attribute: attribute.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for AppSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Demo => f.write_str("the built-in demo app"),
+            Self::Import { module, attribute } => write!(f, "{module}:{attribute}"),
+        }
+    }
+}
+
+/// Whether `part` can be a Python identifier. Non-ASCII identifiers are
+/// accepted as Python accepts them; Python reports anything subtler.
+fn is_identifier(part: &str) -> bool {
+    let mut chars = part.chars();
+    match chars.next() {
+        Some(first) if first == '_' || first.is_alphabetic() => {}
+        _ => return false,
+    }
+    chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// Where the listening socket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindTarget {
+    /// Bind a TCP socket; `host` may be a name, an IPv4 or an IPv6 address.
+    Tcp { host: String, port: u16 },
+    /// Bind a Unix domain socket at this path.
+    Unix(PathBuf),
+    /// Use an inherited socket that is already bound and listening.
+    Fd(i32),
+}
+
+/// Everything the server needs, checked once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app: AppSource,
+    pub factory: bool,
+    pub app_dir: PathBuf,
+    pub root_path: String,
+    pub lifespan: LifespanMode,
+    pub event_loop: LoopKind,
+    pub bind: BindTarget,
+    pub backlog: u32,
+    pub timeout_keep_alive: Duration,
+    pub timeout_graceful_shutdown: Duration,
+    pub log_level: LogLevel,
+    pub access_log: bool,
+}
+
+impl Config {
+    /// Validates the command line. `port_env` is the value of `PORT`, read
+    /// by the caller so that this stays a pure function.
+    pub fn from_cli(cli: Cli, port_env: Option<String>) -> Result<Self, ConfigError> {
+        let app = match cli.app.as_deref() {
+            None | Some("") => AppSource::Demo,
+            Some(value) => AppSource::parse(value)?,
+        };
+
+        let bind = match (cli.uds, cli.fd) {
+            (Some(_), Some(_)) => return Err(ConfigError::ConflictingSockets),
+            (Some(path), None) => BindTarget::Unix(path),
+            (None, Some(fd)) if fd < 3 => return Err(ConfigError::InvalidFd { value: fd }),
+            (None, Some(fd)) => BindTarget::Fd(fd),
+            (None, None) => BindTarget::Tcp {
+                host: cli.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
+                port: resolve_port(cli.port, port_env)?,
+            },
+        };
+
+        // The clap flags override each other, so at most one is set.
+        let access_log = !cli.no_access_log;
+
+        Ok(Self {
+            app,
+            factory: cli.factory,
+            app_dir: cli.app_dir.unwrap_or_else(|| PathBuf::from(".")),
+            root_path: cli.root_path.trim_end_matches('/').to_owned(),
+            lifespan: cli.lifespan,
+            event_loop: cli.event_loop,
+            bind,
+            backlog: cli.backlog,
+            timeout_keep_alive: seconds("--timeout-keep-alive", cli.timeout_keep_alive)?,
+            timeout_graceful_shutdown: seconds(
+                "--timeout-graceful-shutdown",
+                cli.timeout_graceful_shutdown,
+            )?,
+            log_level: cli.log_level,
+            access_log,
+        })
+    }
+}
+
+/// Picks the port: the flag (or `FASTSERVE_PORT`, which clap folds into it),
+/// then `PORT` as container platforms set it, then [`DEFAULT_PORT`].
+fn resolve_port(flag: Option<u16>, port_env: Option<String>) -> Result<u16, ConfigError> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    match port_env {
+        Some(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::InvalidPortEnv { value }),
+        _ => Ok(DEFAULT_PORT),
+    }
+}
+
+fn seconds(option: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value).map_err(|_| ConfigError::InvalidSeconds { option, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str], port_env: Option<&str>) -> Result<Config, ConfigError> {
+        let mut argv = vec!["fastserve"];
+        argv.extend_from_slice(args);
+        Config::from_cli(Cli::parse_from(argv), port_env.map(str::to_owned))
+    }
+
+    #[test]
+    fn app_reference_with_dotted_attribute() {
+        let app = AppSource::parse("pkg.main:factory.app").unwrap();
+        assert_eq!(
+            app,
+            AppSource::Import {
+                module: "pkg.main".into(),
+                attribute: "factory.app".into()
+            }
+        );
+    }
+
+    #[test]
+    fn app_reference_rejects_missing_colon() {
+        let err = AppSource::parse("main").unwrap_err();
+        assert!(
+            err.to_string().contains("expected \"module:attribute\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn app_reference_rejects_empty_parts() {
+        for value in [":app", "main:", "main:app.", "ma-in:app", "main:1app"] {
+            assert!(AppSource::parse(value).is_err(), "{value} was accepted");
+        }
+    }
+
+    #[test]
+    fn container_defaults_without_flags() {
+        let cfg = config(&[], None).unwrap();
+        assert_eq!(
+            cfg.bind,
+            BindTarget::Tcp {
+                host: "0.0.0.0".into(),
+                port: 8080
+            }
+        );
+        assert_eq!(cfg.app, AppSource::Demo);
+        assert!(cfg.access_log);
+        assert_eq!(cfg.timeout_keep_alive, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn port_env_used_only_without_flag() {
+        let cfg = config(&[], Some("9000")).unwrap();
+        assert_eq!(
+            cfg.bind,
+            BindTarget::Tcp {
+                host: "0.0.0.0".into(),
+                port: 9000
+            }
+        );
+        let cfg = config(&["--port", "7000"], Some("9000")).unwrap();
+        assert_eq!(
+            cfg.bind,
+            BindTarget::Tcp {
+                host: "0.0.0.0".into(),
+                port: 7000
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_port_env_names_the_variable() {
+        let err = config(&[], Some("http")).unwrap_err();
+        assert!(err.to_string().contains("PORT"), "{err}");
+    }
+
+    #[test]
+    fn negative_timeout_rejected() {
+        let err = config(&["--timeout-keep-alive=-1"], None).unwrap_err();
+        assert!(err.to_string().contains("--timeout-keep-alive"), "{err}");
+    }
+
+    #[test]
+    fn uds_and_fd_conflict() {
+        assert!(matches!(
+            config(&["--uds", "/tmp/s", "--fd", "3"], None),
+            Err(ConfigError::ConflictingSockets)
+        ));
+    }
+
+    #[test]
+    fn root_path_trailing_slash_removed() {
+        let cfg = config(&["--root-path", "/api/"], None).unwrap();
+        assert_eq!(cfg.root_path, "/api");
+    }
+}
