@@ -51,17 +51,10 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
 
-    // RFC 9112 §6.3: a request with both framings may be an attempt at
-    // request smuggling; reject it and close the connection.
-    let headers = req.headers();
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Ok(plain_response(
-            StatusCode::BAD_REQUEST,
-            "Bad Request: both Content-Length and Transfer-Encoding",
-            true,
-        ));
-    }
-
+    // NOTE: a request with both Content-Length and Transfer-Encoding never
+    // reaches this point with both: hyper's parser drops Content-Length,
+    // reads the chunked body and closes the connection after the response
+    // (RFC 9112 §6.3 allows this or a 400). A 400 needs hyper to expose it.
     let (parts, body) = req.into_parts();
     let exchange = match start_body(&shared.bridge, &parts.headers, body).await {
         Some(exchange) => exchange,
@@ -107,9 +100,16 @@ pub async fn handle(
                 status: head.status,
                 ..record
             });
+            let mut headers = head.headers;
+            // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses,
+            // whatever the app set; hyper sends these without a body.
+            if head.status.is_informational() || head.status == StatusCode::NO_CONTENT {
+                headers.remove(CONTENT_LENGTH);
+                headers.remove(TRANSFER_ENCODING);
+            }
             let mut response = Response::new(ResponseBody::stream(exchange, body_len, access));
             *response.status_mut() = head.status;
-            *response.headers_mut() = head.headers;
+            *response.headers_mut() = headers;
             response
         }
         HeadOutcome::Failed => {

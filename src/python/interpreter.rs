@@ -38,9 +38,12 @@ pub fn find_virtualenv() -> Option<PathBuf> {
         .find(|dir| dir.join("pyvenv.cfg").is_file())
 }
 
-/// Initialises CPython on the calling thread, which keeps the GIL afterwards.
+/// Initialises CPython on the calling thread and then releases the GIL.
 ///
-/// Python installs no signal handlers: signals belong to the Rust side.
+/// The calling thread becomes Python's main thread but runs no Python code
+/// afterwards. The event loop runs on another thread, so neither asyncio nor
+/// uvloop installs handlers for SIGINT there. Python installs no signal
+/// handlers either: signals belong to the Rust side.
 pub fn initialize(virtualenv: Option<&Path>) -> Result<(), InitError> {
     let program_name = virtualenv.map(|venv| venv.join("bin").join("python"));
     let program_name = program_name
@@ -86,7 +89,14 @@ pub fn initialize(virtualenv: Option<&Path>) -> Result<(), InitError> {
     // SAFETY: `config` was initialised by PyConfig_InitPythonConfig and is
     // not used after this; clearing frees the strings CPython copied.
     unsafe { ffi::PyConfig_Clear(config) };
-    result
+    result?;
+
+    // SAFETY: the interpreter was just initialised on this thread, which
+    // holds the GIL. The returned thread state is never restored because
+    // this thread does not run Python again; other threads attach with
+    // PyGILState_Ensure through pyo3.
+    unsafe { ffi::PyEval_SaveThread() };
+    Ok(())
 }
 
 fn check(status: ffi::PyStatus) -> Result<(), InitError> {

@@ -1,9 +1,9 @@
 //! The Python thread: the embedded interpreter, the asyncio loop, the app.
 //!
-//! This is the only module that touches pyo3. One OS thread initialises
-//! CPython, imports the app, runs lifespan startup and then runs the event
-//! loop until a [`Event::Stop`] arrives through the bridge. Tokio threads
-//! never attach to the interpreter.
+//! This is the only module that touches pyo3. The main thread initialises
+//! CPython; one OS thread then imports the app, runs lifespan startup and
+//! runs the event loop until an [`Event::Stop`] arrives through the bridge.
+//! Tokio threads never attach to the interpreter.
 
 mod awaitable;
 mod dispatch;
@@ -67,6 +67,15 @@ impl PythonThread {
     /// Starts the Python thread and waits until the app is ready to serve:
     /// imported, and lifespan startup finished.
     pub fn start(config: &Config, bridge: Arc<Bridge>) -> Result<(Self, Started), StartupError> {
+        let venv = interpreter::find_virtualenv();
+        interpreter::initialize(venv.as_deref())?;
+        // `threading` takes the thread that first imports it as the main
+        // thread. Import it here so that this thread, which Python's signal
+        // module also treats as main, is the one, and the loop thread is not:
+        // uvloop then leaves signal handling alone.
+        Python::attach(|py| py.import("threading").map(drop))
+            .map_err(|err| StartupError::App(format!("importing threading failed: {err}")))?;
+
         let (ready_tx, ready_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let config = config.clone();
@@ -105,12 +114,6 @@ impl PythonThread {
 }
 
 fn run(config: &Config, bridge: Arc<Bridge>, ready: mpsc::Sender<Result<Started, StartupError>>) {
-    let venv = interpreter::find_virtualenv();
-    if let Err(err) = interpreter::initialize(venv.as_deref()) {
-        let _ = ready.send(Err(err.into()));
-        return;
-    }
-
     Python::attach(|py| {
         let event_loop = match prepare(py, config, bridge) {
             Ok(prepared) => prepared,
