@@ -14,7 +14,8 @@ const EXAMPLES: &str = "\
 Examples:
   fastserve                                  serve the built-in demo app on 0.0.0.0:8080
   fastserve main:app --port 8000             serve the ASGI app `app` from main.py
-  fastserve myproject.asgi:create_app --factory --root-path /api";
+  fastserve myproject.asgi:create_app --factory --root-path /api
+  fastserve health                           exit 0 if the local server is healthy (for HEALTHCHECK)";
 
 /// Serve an ASGI application (FastAPI, Starlette, Django ...) with an embedded
 /// Python interpreter and a Rust HTTP server.
@@ -26,7 +27,11 @@ Examples:
     after_help = EXAMPLES,
     max_term_width = 100
 )]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The ASGI application as `module:attribute` (the attribute may be dotted).
     /// Without it, a small built-in demo app is served.
     #[arg(value_name = "APP", env = "FASTSERVE_APP")]
@@ -133,6 +138,74 @@ pub struct Cli {
     )]
     pub timeout_graceful_shutdown: f64,
 
+    /// Number of worker processes. Default: `WEB_CONCURRENCY` when it is set, else 1.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_WORKERS",
+        help_heading = "Processes"
+    )]
+    pub workers: Option<u32>,
+
+    /// Replace a worker after it has served this many requests.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_LIMIT_MAX_REQUESTS",
+        help_heading = "Processes"
+    )]
+    pub limit_max_requests: Option<u64>,
+
+    /// Add a random 0..=N to --limit-max-requests per worker, so workers are
+    /// not all replaced at the same moment.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_LIMIT_MAX_REQUESTS_JITTER",
+        default_value_t = 0,
+        help_heading = "Processes"
+    )]
+    pub limit_max_requests_jitter: u64,
+
+    /// Seconds to keep serving after SIGTERM while /health already returns 503,
+    /// so load balancers stop sending traffic before connections close.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_SHUTDOWN_DELAY",
+        default_value_t = 0.0,
+        help_heading = "Processes"
+    )]
+    pub shutdown_delay: f64,
+
+    /// Path of the built-in health endpoint, answered without running Python.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FASTSERVE_HEALTH_PATH",
+        default_value = "/health",
+        help_heading = "Health"
+    )]
+    pub health_path: String,
+
+    /// Turn the built-in health endpoint off; its path goes to the app.
+    #[arg(long, env = "FASTSERVE_NO_HEALTH", help_heading = "Health")]
+    pub no_health: bool,
+
+    /// Seconds the event loop may go without running before /health returns 503.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_HEALTH_LOOP_TIMEOUT",
+        default_value_t = 5.0,
+        help_heading = "Health"
+    )]
+    pub health_loop_timeout: f64,
+
+    /// Write access log lines for health checks too.
+    #[arg(long, env = "FASTSERVE_LOG_HEALTH_CHECKS", help_heading = "Health")]
+    pub log_health_checks: bool,
+
     /// Minimum level of log lines written to stderr.
     #[arg(
         long,
@@ -155,6 +228,45 @@ pub struct Cli {
     /// Write no access log lines.
     #[arg(long, overrides_with = "access_log", help_heading = "Logging")]
     pub no_access_log: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Probe a running fastserve's health endpoint: exit 0 on 200, else 1.
+    /// Reads the same flags and environment variables as the server, so a
+    /// Dockerfile `HEALTHCHECK CMD ["fastserve", "health"]` needs no arguments.
+    Health(HealthArgs),
+}
+
+/// Options of `fastserve health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Address of the server. Default: 127.0.0.1 (a wildcard server address
+    /// such as 0.0.0.0 or :: is probed on loopback).
+    #[arg(long, value_name = "ADDR", env = "FASTSERVE_HOST")]
+    pub host: Option<String>,
+
+    /// Port of the server. Default: 8080, or the `PORT` environment variable.
+    #[arg(long, short = 'p', env = "FASTSERVE_PORT")]
+    pub port: Option<u16>,
+
+    /// Probe over this Unix domain socket instead of TCP.
+    #[arg(long, value_name = "PATH", env = "FASTSERVE_UDS")]
+    pub uds: Option<PathBuf>,
+
+    /// Path of the health endpoint.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FASTSERVE_HEALTH_PATH",
+        default_value = "/health"
+    )]
+    pub health_path: String,
+
+    /// Seconds to wait for the whole probe before failing.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    pub timeout: f64,
 }
 
 /// When to run the ASGI lifespan protocol.
@@ -215,6 +327,22 @@ mod tests {
         let cli = Cli::parse_from(["fastserve", "--loop", "asyncio", "app:app"]);
         assert_eq!(cli.event_loop, LoopKind::Asyncio);
         assert_eq!(cli.app.as_deref(), Some("app:app"));
+    }
+
+    #[test]
+    fn health_subcommand_parses() {
+        let cli = Cli::parse_from(["fastserve", "health", "--port", "9000"]);
+        match cli.command {
+            Some(Command::Health(args)) => assert_eq!(args.port, Some(9000)),
+            None => panic!("health subcommand not parsed"),
+        }
+    }
+
+    #[test]
+    fn app_named_like_subcommand_needs_colon() {
+        let cli = Cli::parse_from(["fastserve", "health:app"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.app.as_deref(), Some("health:app"));
     }
 
     #[test]

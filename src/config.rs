@@ -35,6 +35,49 @@ pub enum ConfigError {
 
     #[error("invalid --fd {value}: expected a file descriptor number, 3 or more")]
     InvalidFd { value: i32 },
+
+    #[error("invalid WEB_CONCURRENCY environment variable {value:?}: expected a number of workers, 1 or more")]
+    InvalidWebConcurrency { value: String },
+
+    #[error("invalid --workers 0: expected 1 or more")]
+    ZeroWorkers,
+
+    #[error("invalid --health-path {value:?}: expected a path starting with \"/\"")]
+    InvalidHealthPath { value: String },
+
+    #[error("invalid --limit-max-requests 0: expected 1 or more, or leave it unset")]
+    ZeroMaxRequests,
+}
+
+/// Environment variables read besides the `FASTSERVE_<NAME>` ones, which
+/// clap handles. Kept apart so [`Config::from_cli`] stays a pure function.
+#[derive(Debug, Default, Clone)]
+pub struct Environment {
+    /// `PORT`, as container platforms set it.
+    pub port: Option<String>,
+    /// `WEB_CONCURRENCY`, the worker count convention uvicorn and gunicorn read.
+    pub web_concurrency: Option<String>,
+}
+
+impl Environment {
+    /// Reads the variables from the process environment.
+    pub fn from_process() -> Self {
+        Self {
+            port: std::env::var("PORT").ok(),
+            web_concurrency: std::env::var("WEB_CONCURRENCY").ok(),
+        }
+    }
+}
+
+/// The built-in health endpoint.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    /// How long the event loop may go without a heartbeat before /health
+    /// reports it as blocked.
+    pub loop_timeout: Duration,
+    /// Whether health checks appear in the access log.
+    pub log_requests: bool,
 }
 
 /// Where the application comes from.
@@ -113,12 +156,19 @@ pub struct Config {
     pub timeout_graceful_shutdown: Duration,
     pub log_level: LogLevel,
     pub access_log: bool,
+    pub workers: u32,
+    /// Requests after which a worker is replaced, jitter already excluded.
+    pub limit_max_requests: Option<u64>,
+    pub limit_max_requests_jitter: u64,
+    pub shutdown_delay: Duration,
+    /// `None` when `--no-health` hands the path to the app.
+    pub health: Option<HealthConfig>,
 }
 
 impl Config {
-    /// Validates the command line. `port_env` is the value of `PORT`, read
-    /// by the caller so that this stays a pure function.
-    pub fn from_cli(cli: Cli, port_env: Option<String>) -> Result<Self, ConfigError> {
+    /// Validates the command line, with `env` for the variables clap does
+    /// not read.
+    pub fn from_cli(cli: Cli, env: Environment) -> Result<Self, ConfigError> {
         let app = match cli.app.as_deref() {
             None | Some("") => AppSource::Demo,
             Some(value) => AppSource::parse(value)?,
@@ -131,12 +181,40 @@ impl Config {
             (None, Some(fd)) => BindTarget::Fd(fd),
             (None, None) => BindTarget::Tcp {
                 host: cli.host.unwrap_or_else(|| DEFAULT_HOST.to_owned()),
-                port: resolve_port(cli.port, port_env)?,
+                port: resolve_port(cli.port, env.port)?,
             },
         };
 
         // The clap flags override each other, so at most one is set.
         let access_log = !cli.no_access_log;
+
+        let workers = match (cli.workers, env.web_concurrency) {
+            (Some(0), _) => return Err(ConfigError::ZeroWorkers),
+            (Some(workers), _) => workers,
+            (None, Some(value)) if !value.trim().is_empty() => match value.trim().parse() {
+                Ok(workers) if workers > 0 => workers,
+                _ => return Err(ConfigError::InvalidWebConcurrency { value }),
+            },
+            (None, _) => 1,
+        };
+        if cli.limit_max_requests == Some(0) {
+            return Err(ConfigError::ZeroMaxRequests);
+        }
+
+        let health = if cli.no_health {
+            None
+        } else {
+            if !cli.health_path.starts_with('/') {
+                return Err(ConfigError::InvalidHealthPath {
+                    value: cli.health_path,
+                });
+            }
+            Some(HealthConfig {
+                path: cli.health_path,
+                loop_timeout: seconds("--health-loop-timeout", cli.health_loop_timeout)?,
+                log_requests: cli.log_health_checks,
+            })
+        };
 
         Ok(Self {
             app,
@@ -154,6 +232,11 @@ impl Config {
             )?,
             log_level: cli.log_level,
             access_log,
+            workers,
+            limit_max_requests: cli.limit_max_requests,
+            limit_max_requests_jitter: cli.limit_max_requests_jitter,
+            shutdown_delay: seconds("--shutdown-delay", cli.shutdown_delay)?,
+            health,
         })
     }
 }
@@ -173,7 +256,8 @@ fn resolve_port(flag: Option<u16>, port_env: Option<String>) -> Result<u16, Conf
     }
 }
 
-fn seconds(option: &'static str, value: f64) -> Result<Duration, ConfigError> {
+/// Converts a `--timeout-*`-style value in seconds.
+pub fn seconds(option: &'static str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value).map_err(|_| ConfigError::InvalidSeconds { option, value })
 }
 
@@ -185,7 +269,11 @@ mod tests {
     fn config(args: &[&str], port_env: Option<&str>) -> Result<Config, ConfigError> {
         let mut argv = vec!["fastserve"];
         argv.extend_from_slice(args);
-        Config::from_cli(Cli::parse_from(argv), port_env.map(str::to_owned))
+        let env = Environment {
+            port: port_env.map(str::to_owned),
+            web_concurrency: None,
+        };
+        Config::from_cli(Cli::parse_from(argv), env)
     }
 
     #[test]
@@ -269,6 +357,43 @@ mod tests {
             config(&["--uds", "/tmp/s", "--fd", "3"], None),
             Err(ConfigError::ConflictingSockets)
         ));
+    }
+
+    #[test]
+    fn workers_from_web_concurrency_unless_flag() {
+        let env = Environment {
+            port: None,
+            web_concurrency: Some("3".into()),
+        };
+        let cfg = Config::from_cli(Cli::parse_from(["fastserve"]), env.clone()).unwrap();
+        assert_eq!(cfg.workers, 3);
+        let cli = Cli::parse_from(["fastserve", "--workers", "2"]);
+        assert_eq!(Config::from_cli(cli, env).unwrap().workers, 2);
+    }
+
+    #[test]
+    fn invalid_web_concurrency_named() {
+        let env = Environment {
+            port: None,
+            web_concurrency: Some("many".into()),
+        };
+        let err = Config::from_cli(Cli::parse_from(["fastserve"]), env).unwrap_err();
+        assert!(err.to_string().contains("WEB_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn zero_workers_rejected() {
+        assert!(matches!(
+            config(&["--workers", "0"], None),
+            Err(ConfigError::ZeroWorkers)
+        ));
+    }
+
+    #[test]
+    fn health_path_must_be_absolute() {
+        let err = config(&["--health-path", "health"], None).unwrap_err();
+        assert!(err.to_string().contains("--health-path"), "{err}");
+        assert!(config(&["--no-health"], None).unwrap().health.is_none());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! fastserve: serve an ASGI app with an embedded CPython behind hyper.
 //!
-//! The flow: parse the command line, validate it into a [`Config`], bind the
-//! socket, start the Python thread (import the app, run lifespan startup),
-//! serve until a signal, drain, run lifespan shutdown, exit.
+//! The flow: parse the command line and validate it into a [`Config`]. The
+//! process the user started becomes the supervisor: it binds the socket and
+//! runs worker processes, which are this binary again with the socket passed
+//! down. A worker starts the Python thread (import the app, run lifespan
+//! startup), serves until a signal, drains, runs lifespan shutdown, exits.
+//! `fastserve health` probes a running server instead.
 //!
 //! Exit codes:
 //!
@@ -16,36 +19,45 @@
 mod bridge;
 mod cli;
 mod config;
+mod health;
 mod http;
 mod logging;
 mod python;
 mod server;
+mod supervisor;
 mod version;
+mod worker;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 
-use bridge::Bridge;
-use cli::Cli;
-use config::Config;
-use python::PythonThread;
-use server::Shutdown;
+use cli::{Cli, Command};
+use config::{Config, Environment};
+use worker::WorkerEnv;
 
 /// Exit code for a runtime failure.
-const EXIT_FAILURE: u8 = 1;
+pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for a usage or configuration error; clap uses it too.
-const EXIT_USAGE: u8 = 2;
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code when the app cannot start, as uvicorn uses it.
-const EXIT_APP_START: u8 = 3;
-
-/// Time allowed after the graceful timeout for lifespan shutdown to finish.
-const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub const EXIT_APP_START: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_cli(cli, std::env::var("PORT").ok()) {
+    let env = Environment::from_process();
+
+    if let Some(Command::Health(args)) = &cli.command {
+        return match health::probe::run(args, env.port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
+
+    let config = match Config::from_cli(cli, env) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
@@ -54,60 +66,12 @@ fn main() -> ExitCode {
     };
     logging::init(config.log_level, config.access_log);
 
-    match run(&config) {
+    let result = match WorkerEnv::from_process() {
+        Some(worker_env) => worker::run(&config, worker_env),
+        None => supervisor::run(&config),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
     }
-}
-
-/// Runs the server; `Err` carries the exit code after the failure is logged.
-fn run(config: &Config) -> Result<(), u8> {
-    let socket = server::listener::bind(&config.bind, config.backlog).map_err(|err| {
-        tracing::error!("{err}");
-        EXIT_FAILURE
-    })?;
-    let bridge = Arc::new(Bridge::new().map_err(|err| {
-        tracing::error!(error = %err, "could not create the eventfd for the Python thread");
-        EXIT_FAILURE
-    })?);
-
-    tracing::info!(app = %config.app, pid = std::process::id(), "starting");
-    let (python, started) = PythonThread::start(config, Arc::clone(&bridge)).map_err(|err| {
-        tracing::error!("application startup failed, exiting\n{err}");
-        EXIT_APP_START
-    })?;
-    tracing::info!(
-        python = %started.python_version,
-        event_loop = %started.event_loop,
-        "application startup complete"
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| {
-            tracing::error!(error = %err, "could not start the tokio runtime");
-            EXIT_FAILURE
-        })?;
-    let shared = Arc::new(http::Shared {
-        bridge,
-        access_log: config.access_log,
-    });
-    tracing::info!("listening on {}", socket.describe());
-    let outcome = runtime
-        .block_on(server::serve(socket, shared, config))
-        .map_err(|err| {
-            tracing::error!(error = %err, "serving failed");
-            EXIT_FAILURE
-        })?;
-    if outcome == Shutdown::Forced {
-        return Err(EXIT_FAILURE);
-    }
-
-    tracing::info!("waiting for application shutdown");
-    if !python.stop(python::LIFESPAN_SHUTDOWN_TIMEOUT + STOP_MARGIN) {
-        tracing::warn!("application shutdown did not finish in time");
-    }
-    tracing::info!("shutdown complete");
-    Ok(())
 }

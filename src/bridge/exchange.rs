@@ -357,6 +357,21 @@ impl Exchange {
         state.outbound.finished && state.outbound.chunks.is_empty()
     }
 
+    /// Records that hyper wrote all the response it will write before the
+    /// app finished sending: a body of declared length is complete, or the
+    /// response to HEAD has none. Later body messages are accepted and
+    /// dropped, as the bytes cannot go anywhere.
+    pub fn response_written(self: &Arc<Self>) {
+        let mut state = self.lock();
+        state.outbound.sent = true;
+        state.outbound.chunks.clear();
+        state.outbound.buffered = 0;
+        if let Some(waker) = state.inbound.pump_waker.take() {
+            waker.wake();
+        }
+        self.wake_python(state);
+    }
+
     /// Whether the client has gone.
     pub fn is_disconnected(&self) -> bool {
         self.lock().disconnected
@@ -388,6 +403,9 @@ impl Exchange {
         }
         let out = &mut state.outbound;
         out.finished = finished;
+        if out.sent {
+            return SendOutcome::Accepted;
+        }
         push_chunk(out, data);
         let outcome = queue_outcome(out);
         if let Some(waker) = out.waker.take() {
@@ -419,7 +437,7 @@ impl State {
             return true;
         }
         match kind {
-            WaitKind::Send => self.outbound.buffered <= RESPONSE_LOW_WATER,
+            WaitKind::Send => self.outbound.sent || self.outbound.buffered <= RESPONSE_LOW_WATER,
             WaitKind::Receive => {
                 let inbound = &self.inbound;
                 !inbound.chunks.is_empty()
@@ -606,6 +624,16 @@ mod tests {
         );
         assert_eq!(ex.try_receive(), Some(Received::Disconnect));
         assert_eq!(poll_now(|cx| ex.poll_read_demand(cx)), Poll::Ready(false));
+    }
+
+    #[test]
+    fn body_after_written_response_is_dropped() {
+        let ex = exchange();
+        ex.deliver_head(head(), Bytes::from_static(b"abc"), false);
+        ex.response_written();
+        assert_eq!(ex.send_body(Bytes::new(), true), SendOutcome::Accepted);
+        assert!(!ex.is_disconnected());
+        assert_eq!(ex.try_receive(), None, "body not read yet");
     }
 
     #[tokio::test]

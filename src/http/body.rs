@@ -60,6 +60,10 @@ pub struct StreamBody {
     exchange: Arc<Exchange>,
     /// Exact length when the app sent the whole body before the head left.
     len: Option<u64>,
+    /// Length hyper writes at most: the app's Content-Length, or 0 for
+    /// responses that have no body (HEAD, 204, 304).
+    write_limit: Option<u64>,
+    written: u64,
     done: bool,
     access: Option<AccessRecord>,
 }
@@ -69,10 +73,17 @@ impl ResponseBody {
         Self::Fixed(Some(bytes.into()))
     }
 
-    pub fn stream(exchange: Arc<Exchange>, len: Option<u64>, access: Option<AccessRecord>) -> Self {
+    pub fn stream(
+        exchange: Arc<Exchange>,
+        len: Option<u64>,
+        write_limit: Option<u64>,
+        access: Option<AccessRecord>,
+    ) -> Self {
         Self::Stream(StreamBody {
             exchange,
             len,
+            write_limit,
+            written: 0,
             done: false,
             access,
         })
@@ -120,6 +131,7 @@ impl StreamBody {
         }
         match self.exchange.poll_chunk(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
+                self.written += chunk.len() as u64;
                 if let Some(access) = &mut self.access {
                     access.bytes += chunk.len() as u64;
                 }
@@ -153,9 +165,13 @@ impl Drop for StreamBody {
             return;
         }
         let complete = self.exchange.response_drained();
-        if !complete {
+        let limit_reached = self.write_limit.is_some_and(|limit| self.written >= limit);
+        if limit_reached {
+            self.exchange.response_written();
+        } else if !complete {
             self.exchange.client_gone();
         }
+        let complete = complete || limit_reached;
         if let Some(access) = self.access.take() {
             access.log(complete);
         }

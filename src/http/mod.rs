@@ -9,6 +9,7 @@ pub mod body;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,9 +19,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 use crate::bridge::exchange::HeadOutcome;
 use crate::bridge::{Bridge, Event, Exchange, RequestHead};
+use crate::config::Config;
+use crate::health::{self, Health};
 use access::AccessRecord;
 use body::{pump_request_body, ResponseBody};
 
@@ -34,6 +38,45 @@ const PREFETCH_LIMIT: u64 = 64 * 1024;
 pub struct Shared {
     pub bridge: Arc<Bridge>,
     pub access_log: bool,
+    pub health: Arc<Health>,
+    /// The built-in endpoint's path; `None` hands every path to the app.
+    pub health_path: Option<String>,
+    pub log_health_checks: bool,
+    /// Requests after which the worker asks to be replaced.
+    pub max_requests: Option<u64>,
+    /// Requests handed to the app so far.
+    pub served: AtomicU64,
+    /// Notified once when `served` reaches `max_requests`.
+    pub recycle: Notify,
+}
+
+impl Shared {
+    pub fn new(
+        bridge: Arc<Bridge>,
+        config: &Config,
+        health: Arc<Health>,
+        max_requests: Option<u64>,
+    ) -> Self {
+        Self {
+            bridge,
+            access_log: config.access_log,
+            health,
+            health_path: config.health.as_ref().map(|h| h.path.clone()),
+            log_health_checks: config.health.as_ref().is_some_and(|h| h.log_requests),
+            max_requests,
+            served: AtomicU64::new(0),
+            recycle: Notify::new(),
+        }
+    }
+
+    /// Counts a request for the app and notifies once the limit is reached.
+    fn count_request(&self) {
+        // Relaxed: a plain counter; the Notify carries the hand-off.
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_requests == Some(served) {
+            self.recycle.notify_one();
+        }
+    }
 }
 
 /// Addresses of one connection; `None` on a Unix socket.
@@ -51,11 +94,30 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
 
+    if shared.health_path.as_deref() == Some(req.uri().path()) {
+        let response = health::respond(&shared.health, req.method());
+        if shared.access_log && shared.log_health_checks {
+            let record = AccessRecord {
+                client: conn.client,
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                status: response.status(),
+                bytes: 0,
+                started,
+            };
+            record.log(true);
+        }
+        return Ok(response);
+    }
+    shared.count_request();
+
     // NOTE: a request with both Content-Length and Transfer-Encoding never
     // reaches this point with both: hyper's parser drops Content-Length,
     // reads the chunked body and closes the connection after the response
     // (RFC 9112 §6.3 allows this or a 400). A 400 needs hyper to expose it.
     let (parts, body) = req.into_parts();
+    let is_head = parts.method == http::Method::HEAD;
     let exchange = match start_body(&shared.bridge, &parts.headers, body).await {
         Some(exchange) => exchange,
         None => {
@@ -101,13 +163,25 @@ pub async fn handle(
                 ..record
             });
             let mut headers = head.headers;
+            let no_body = is_head
+                || head.status.is_informational()
+                || head.status == StatusCode::NO_CONTENT
+                || head.status == StatusCode::NOT_MODIFIED;
             // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses,
             // whatever the app set; hyper sends these without a body.
             if head.status.is_informational() || head.status == StatusCode::NO_CONTENT {
                 headers.remove(CONTENT_LENGTH);
                 headers.remove(TRANSFER_ENCODING);
             }
-            let mut response = Response::new(ResponseBody::stream(exchange, body_len, access));
+            let write_limit = if no_body {
+                Some(0)
+            } else {
+                headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+            };
+            let body = ResponseBody::stream(exchange, body_len, write_limit, access);
+            let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
             response

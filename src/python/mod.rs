@@ -21,9 +21,12 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PySet, PyString};
 
+use tokio::sync::oneshot;
+
 use crate::bridge::{Bridge, Event};
 use crate::cli::{LifespanMode, LoopKind};
 use crate::config::{AppSource, Config};
+use crate::health::Health;
 use dispatch::{Context, Dispatcher};
 use scope::ScopeDefaults;
 
@@ -55,6 +58,22 @@ pub struct Started {
     pub python_version: String,
 }
 
+/// The result of start-up, sent by the Python thread once the app is ready.
+pub type StartupResult = Result<Started, StartupError>;
+
+/// Starts the embedded interpreter on the calling thread, which then never
+/// runs Python again. Call once, before [`PythonThread::spawn`].
+pub fn initialize() -> Result<(), StartupError> {
+    let venv = interpreter::find_virtualenv();
+    interpreter::initialize(venv.as_deref())?;
+    // `threading` takes the thread that first imports it as the main
+    // thread. Import it here so that this thread, which Python's signal
+    // module also treats as main, is the one, and the loop thread is not:
+    // uvloop then leaves signal handling alone.
+    Python::attach(|py| py.import("threading").map(drop))
+        .map_err(|err| StartupError::App(format!("importing threading failed: {err}")))
+}
+
 /// The running Python thread.
 #[derive(Debug)]
 pub struct PythonThread {
@@ -64,41 +83,31 @@ pub struct PythonThread {
 }
 
 impl PythonThread {
-    /// Starts the Python thread and waits until the app is ready to serve:
-    /// imported, and lifespan startup finished.
-    pub fn start(config: &Config, bridge: Arc<Bridge>) -> Result<(Self, Started), StartupError> {
-        let venv = interpreter::find_virtualenv();
-        interpreter::initialize(venv.as_deref())?;
-        // `threading` takes the thread that first imports it as the main
-        // thread. Import it here so that this thread, which Python's signal
-        // module also treats as main, is the one, and the loop thread is not:
-        // uvloop then leaves signal handling alone.
-        Python::attach(|py| py.import("threading").map(drop))
-            .map_err(|err| StartupError::App(format!("importing threading failed: {err}")))?;
-
-        let (ready_tx, ready_rx) = mpsc::channel();
+    /// Starts the Python thread, which imports the app, runs lifespan
+    /// startup and reports the outcome on the returned channel.
+    pub fn spawn(
+        config: &Config,
+        bridge: Arc<Bridge>,
+        health: Arc<Health>,
+    ) -> Result<(Self, oneshot::Receiver<StartupResult>), StartupError> {
+        let (ready_tx, ready_rx) = oneshot::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let config = config.clone();
         let thread_bridge = Arc::clone(&bridge);
         let thread = std::thread::Builder::new()
             .name("python".into())
             .spawn(move || {
-                run(&config, thread_bridge, ready_tx);
+                run(&config, thread_bridge, health, ready_tx);
                 let _ = done_tx.send(());
             })?;
-
-        match ready_rx.recv() {
-            Ok(Ok(started)) => Ok((
-                Self {
-                    thread,
-                    done: done_rx,
-                    bridge,
-                },
-                started,
-            )),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(StartupError::ThreadDied),
-        }
+        Ok((
+            Self {
+                thread,
+                done: done_rx,
+                bridge,
+            },
+            ready_rx,
+        ))
     }
 
     /// Asks the loop to run lifespan shutdown and stop, and waits up to
@@ -113,9 +122,14 @@ impl PythonThread {
     }
 }
 
-fn run(config: &Config, bridge: Arc<Bridge>, ready: mpsc::Sender<Result<Started, StartupError>>) {
+fn run(
+    config: &Config,
+    bridge: Arc<Bridge>,
+    health: Arc<Health>,
+    ready: oneshot::Sender<StartupResult>,
+) {
     Python::attach(|py| {
-        let event_loop = match prepare(py, config, bridge) {
+        let event_loop = match prepare(py, config, bridge, health) {
             Ok(prepared) => prepared,
             Err(err) => {
                 let _ = ready.send(Err(err));
@@ -144,6 +158,7 @@ fn prepare<'py>(
     py: Python<'py>,
     config: &Config,
     bridge: Arc<Bridge>,
+    health: Arc<Health>,
 ) -> Result<(Bound<'py, PyAny>, String), StartupError> {
     let runtime = load_source(
         py,
@@ -191,6 +206,10 @@ fn prepare<'py>(
     event_loop
         .call_method1("add_reader", (fd, dispatcher))
         .map_err(fail)?;
+
+    let call_later = event_loop.getattr("call_later").map_err(fail)?.unbind();
+    let heartbeat = Bound::new(py, Heartbeat { health, call_later }).map_err(fail)?;
+    heartbeat.call0().map_err(fail)?;
     Ok((event_loop, loop_name))
 }
 
@@ -291,6 +310,25 @@ fn startup_message(py: Python<'_>, runtime: &Bound<'_, PyModule>, err: &PyErr) -
         .and_then(|format| format.call1((err.value(py),)))
         .and_then(|text| text.extract::<String>())
         .unwrap_or_else(|_| err.to_string())
+}
+
+/// A callback that records a heartbeat in [`Health`] and schedules itself
+/// again, so a blocked event loop shows as a stale heartbeat.
+#[pyclass(frozen, module = "fastserve")]
+#[derive(Debug)]
+struct Heartbeat {
+    health: Arc<Health>,
+    call_later: Py<PyAny>,
+}
+
+#[pymethods]
+impl Heartbeat {
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.health.beat();
+        let delay = crate::health::HEARTBEAT_INTERVAL.as_secs_f64();
+        this.call_later.bind(slf.py()).call1((delay, slf)).map(drop)
+    }
 }
 
 /// Log lines written by the Python runtime glue, at the level it names.

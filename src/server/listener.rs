@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
@@ -53,6 +53,21 @@ impl BoundSocket {
             Self::Unix(_, Some(path)) => format!("unix:{}", path.display()),
             Self::Unix(_, None) => "an inherited Unix socket".to_owned(),
         }
+    }
+}
+
+impl AsFd for BoundSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(listener) => listener.as_fd(),
+            Self::Unix(listener, _) => listener.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for BoundSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
     }
 }
 
@@ -116,22 +131,33 @@ fn bind_unix(path: &PathBuf, backlog: u32) -> Result<BoundSocket, BindError> {
     Ok(BoundSocket::Unix(socket.into(), Some(path.clone())))
 }
 
-fn adopt_fd(fd: i32) -> Result<BoundSocket, BindError> {
-    let fail = |reason: String| BindError::Fd { fd, reason };
-    // Reject a descriptor that is not open before taking ownership of it.
+/// Takes ownership of an inherited descriptor after checking it is open.
+pub fn own_fd(fd: i32) -> nix::Result<OwnedFd> {
     nix::fcntl::fcntl(
         // SAFETY: borrowed only for this call; fcntl(F_GETFD) reads flags
         // and fails with EBADF on a closed descriptor.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        unsafe { BorrowedFd::borrow_raw(fd) },
         nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .map_err(|err| fail(err.to_string()))?;
+    )?;
     // SAFETY: the descriptor is open (checked above) and was handed to this
-    // process to own through --fd; nothing else in the process uses it.
+    // process to own, through --fd or by the supervisor; nothing else in the
+    // process uses it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The app's own subprocesses must not inherit it.
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(owned)
+}
 
-    let local: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&owned))
-        .map_err(|err| fail(err.to_string()))?;
+/// Adopts an inherited socket that is already bound and listening.
+pub fn adopt_fd(fd: i32) -> Result<BoundSocket, BindError> {
+    let fail = |reason: String| BindError::Fd { fd, reason };
+    let owned = own_fd(fd).map_err(|err| fail(err.to_string()))?;
+
+    let local: SockaddrStorage =
+        getsockname(owned.as_raw_fd()).map_err(|err| fail(err.to_string()))?;
     let socket = Socket::from(owned);
     socket
         .set_nonblocking(true)

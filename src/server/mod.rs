@@ -66,7 +66,16 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
 
+    // Set by the first SIGTERM or SIGINT: serving goes on until then, with
+    // /health already answering 503, so load balancers can deregister.
+    let mut stop_accepting_at: Option<tokio::time::Instant> = None;
     loop {
+        let delay_over = async {
+            match stop_accepting_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = accept(&listener) => match accepted {
                 Ok(accepted) => accepted.spawn(&mut connections, &builder, &graceful, &shared),
@@ -80,12 +89,23 @@ pub async fn serve(
                     tracing::warn!("received SIGQUIT, exiting now");
                     return Ok(Shutdown::Forced);
                 }
+                Some(_) if stop_accepting_at.is_some() => {
+                    tracing::warn!("second signal received, exiting now");
+                    return Ok(Shutdown::Forced);
+                }
                 Some(signal) => {
-                    tracing::info!(signal = signal_name(signal), "shutting down");
-                    break;
+                    shared.health.set_draining();
+                    let delay = config.shutdown_delay;
+                    tracing::info!(signal = signal_name(signal), "shutting down, health checks now fail");
+                    if delay.is_zero() {
+                        break;
+                    }
+                    tracing::info!(delay_s = delay.as_secs_f64(), "serving during the shutdown delay");
+                    stop_accepting_at = Some(tokio::time::Instant::now() + delay);
                 }
                 None => break,
             },
+            () = delay_over => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }

@@ -1,0 +1,284 @@
+"""HTTP/1.1 behaviour over raw sockets: framing, keep-alive, rejection of bad requests, headers.
+
+Each test asserts the behaviour fastserve promises. Where uvicorn is known to
+differ, the test carries `uvicorn_differs` and only records what uvicorn does.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import pytest
+
+from rawhttp import Connection, Response, build_request, chunked
+from servers import Server
+
+SharedServer = Callable[..., Server]
+
+HELLO_BODY = b"Hello, world!"
+
+
+@pytest.fixture
+def raw_server(kind: str, shared_server: SharedServer) -> Server:
+    """Return the shared server of `kind` that serves raw_apps:app."""
+    return shared_server(kind)
+
+
+def test_keep_alive_reuses_connection(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        for _ in range(3):
+            response = conn.request("GET", "/hello")
+            assert response.status == 200
+            assert response.body == HELLO_BODY
+
+
+def test_pipelined_requests_answered_in_order(raw_server: Server) -> None:
+    requests = [
+        build_request("GET", "/sleep/first?ms=300"),
+        build_request("GET", "/sleep/second?ms=0"),
+        build_request("GET", "/hello"),
+    ]
+    with raw_server.open() as conn:
+        conn.send(b"".join(requests))
+        bodies = [conn.read_response().body for _ in requests]
+    assert bodies[0] == b"slept 300 ms on /sleep/first"
+    assert bodies[1] == b"slept 0 ms on /sleep/second"
+    assert bodies[2] == HELLO_BODY
+
+
+def test_chunked_request_body_read(raw_server: Server) -> None:
+    parts = [b"first part,", b"second,", b"x" * 5000]
+    head = build_request("POST", "/echo", [("transfer-encoding", "chunked")])
+    with raw_server.open() as conn:
+        conn.send(head)
+        for part in parts:
+            conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+            time.sleep(0.02)
+        conn.send(b"0\r\n\r\n")
+        response = conn.read_response()
+    assert response.status == 200
+    assert response.body == b"".join(parts)
+
+
+def test_chunked_request_body_counted(raw_server: Server) -> None:
+    body = chunked(b"a" * 100, b"b" * 200, b"c" * 300)
+    with raw_server.open() as conn:
+        response = conn.request("POST", "/count", [("transfer-encoding", "chunked")], body)
+    assert response.status == 200
+    assert b'"bytes": 600' in response.body
+
+
+def test_streamed_response_is_chunked(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/chunks")
+    assert response.status == 200
+    assert response.header("transfer-encoding") == b"chunked"
+    assert response.header("content-length") is None
+    assert response.body == b"alpha-beta-gamma"
+    # The app pauses between parts, so each part must leave as its own chunk.
+    assert len(response.chunk_sizes) >= 3
+
+
+@pytest.mark.uvicorn_differs(reason="sends a single complete body chunked")
+def test_single_body_gets_content_length(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/unsized")
+    assert response.status == 200
+    assert response.header("content-length") == b"17"
+    assert response.header("transfer-encoding") is None
+    assert response.body == b"one complete body"
+
+
+def test_expect_continue_sent_when_app_reads(raw_server: Server) -> None:
+    head = build_request(
+        "POST", "/expect/read", [("content-length", "5"), ("expect", "100-continue")]
+    )
+    with raw_server.open() as conn:
+        conn.send(head)
+        interim = conn.read_response()
+        assert interim.status == 100
+        conn.send(b"12345")
+        final = conn.read_response("POST")
+    assert final.status == 200
+    assert final.body == b"read 5 bytes"
+
+
+def test_expect_continue_not_sent_when_app_ignores_body(raw_server: Server) -> None:
+    head = build_request(
+        "POST", "/expect/ignore", [("content-length", "5"), ("expect", "100-continue")]
+    )
+    with raw_server.open(timeout=5) as conn:
+        conn.send(head)
+        response = conn.read_response("POST")
+    assert response.status == 200
+    assert response.body == b"did not read the body"
+
+
+def test_head_keeps_content_length_without_body(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        head = conn.request("HEAD", "/hello")
+        # A body after the HEAD response would be parsed as the next status line.
+        follow_up = conn.request("GET", "/hello")
+    assert head.status == 200
+    assert head.header("content-length") == str(len(HELLO_BODY)).encode()
+    assert follow_up.status == 200
+    assert follow_up.body == HELLO_BODY
+
+
+@pytest.mark.uvicorn_differs(reason="passes the app's content-length through on 204")
+def test_no_content_drops_content_length(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/no-content")
+    assert response.status == 204
+    assert response.header("x-kind") == b"no-content"
+    assert response.header("content-length") is None
+    assert response.header("transfer-encoding") is None
+
+
+def test_no_content_sends_no_body(raw_server: Server) -> None:
+    with raw_server.open(timeout=5) as conn:
+        conn.send(build_request("GET", "/no-content") + build_request("GET", "/hello"))
+        first = conn.read_response()
+        second = conn.read_response()
+    assert first.status == 204
+    assert second.status == 200
+    assert second.body == HELLO_BODY
+
+
+@pytest.mark.uvicorn_differs(reason="treats the content-length of a 304 as a body it must send")
+def test_not_modified_sends_no_body(raw_server: Server) -> None:
+    with raw_server.open(timeout=5) as conn:
+        conn.send(build_request("GET", "/not-modified") + build_request("GET", "/hello"))
+        first = conn.read_response()
+        second = conn.read_response()
+    assert first.status == 304
+    assert first.header("etag") == b'"v1"'
+    assert second.status == 200
+    assert second.body == HELLO_BODY
+
+
+def test_content_length_with_chunked_not_smuggled(raw_server: Server) -> None:
+    """Check that both framings never let a second request hide in the body.
+
+    RFC 9112 section 6.3 allows a 400, or reading the body as chunked and then
+    closing the connection. hyper does the second: it drops Content-Length
+    before the app sees the request, so fastserve cannot answer 400.
+    """
+    headers = [("content-length", "5"), ("transfer-encoding", "chunked")]
+    with raw_server.open() as conn:
+        response = conn.request("POST", "/count", headers, chunked(b"hello"))
+        closed = conn.wait_closed()
+    assert response.status in (200, 400)
+    if response.status == 200:
+        assert json.loads(response.body)["bytes"] == 5, "the body must be read as chunked"
+    assert closed
+
+
+def test_conflicting_content_lengths_rejected(raw_server: Server) -> None:
+    headers = [("content-length", "5"), ("content-length", "6")]
+    with raw_server.open() as conn:
+        response = conn.request("POST", "/count", headers, b"hello!")
+        closed = conn.wait_closed()
+    assert response.status == 400
+    assert closed
+
+
+def test_malformed_request_line_rejected(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        conn.send(b"THIS IS NOT HTTP\r\n\r\n")
+        response = conn.read_response()
+        closed = conn.wait_closed()
+    assert response.status == 400
+    assert closed
+
+
+@pytest.mark.uvicorn_differs(reason="has no limit on the size of the request head")
+def test_oversize_headers_rejected(raw_server: Server) -> None:
+    padding = [(f"x-padding-{index}", "p" * 1000) for index in range(100)]
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/hello", padding)
+    assert response.status == 431
+
+
+def test_connection_close_honoured(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/hello", [("connection", "close")])
+        closed = conn.wait_closed()
+    assert response.status == 200
+    assert response.body == HELLO_BODY
+    assert closed
+
+
+def test_http10_request_closes_after_response(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/scope", version="HTTP/1.0")
+        closed = conn.wait_closed()
+    assert response.status == 200
+    assert b'"http_version": "1.0"' in response.body
+    assert closed
+
+
+def test_date_and_server_headers_added(raw_server: Server, kind: str) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/hello")
+    date = response.header_all("date")
+    assert len(date) == 1
+    sent_at = parsedate_to_datetime(date[0].decode())
+    assert abs((datetime.now(timezone.utc) - sent_at).total_seconds()) < 60
+    assert response.header_all("server") == [kind.encode()]
+
+
+@pytest.mark.uvicorn_differs(reason="adds its own server and date headers beside the app's")
+def test_app_server_and_date_headers_win(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/custom-server")
+    assert response.status == 200
+    assert response.header_all("server") == [b"custom-app/1.0"]
+    assert response.header_all("date") == [b"Thu, 01 Jan 2026 00:00:00 GMT"]
+
+
+def app_headers(response: Response) -> list[tuple[bytes, bytes]]:
+    """Return the headers that raw_apps:header_order sets, names in lower case, in order."""
+    app_names = {b"x-first", b"set-cookie", b"x-mixed-case", b"x-last"}
+    headers = [(name.lower(), value) for name, value in response.headers]
+    return [(name, value) for name, value in headers if name in app_names]
+
+
+def test_response_header_values_kept(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/header-order")
+    assert response.header_all("x-mixed-case") == [b"VaLuE With  Spaces"]
+    assert response.header_all("set-cookie") == [b"a=1; Path=/; HttpOnly", b"b=2; Path=/"]
+    assert response.header_all("x-first") == [b"1"]
+    assert response.header_all("x-last") == [b"Z"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hyper's HeaderMap groups repeated names; order within one name is kept",
+)
+@pytest.mark.fastserve_only
+def test_response_header_order_kept(kind: str, shared_server: SharedServer) -> None:
+    raw_server = shared_server(kind)
+    """Check the order across names too, which HTTP leaves free but uvicorn keeps."""
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/header-order")
+    assert app_headers(response) == [
+        (b"x-first", b"1"),
+        (b"set-cookie", b"a=1; Path=/; HttpOnly"),
+        (b"x-mixed-case", b"VaLuE With  Spaces"),
+        (b"set-cookie", b"b=2; Path=/"),
+        (b"x-last", b"Z"),
+    ]
+
+
+def test_raw_connection_helper_reports_close(raw_server: Server) -> None:
+    """Guard the helper itself: an idle keep-alive connection is not reported as closed."""
+    with raw_server.open() as conn:
+        conn.request("GET", "/hello")
+        assert not conn.wait_closed(timeout=0.3)
+    with Connection(raw_server.connect()) as conn:
+        conn.request("GET", "/hello", [("connection", "close")])
+        assert conn.wait_closed()
