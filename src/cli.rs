@@ -178,6 +178,35 @@ pub struct Cli {
     )]
     pub shutdown_delay: f64,
 
+    /// Restart the worker when files change: for local development, never in
+    /// production. Uses one worker.
+    #[arg(long, env = "FASTSERVE_RELOAD", help_heading = "Development")]
+    pub reload: bool,
+
+    /// Directory to watch with --reload (repeatable). Default: the current directory.
+    #[arg(long, value_name = "DIR", help_heading = "Development")]
+    pub reload_dir: Vec<PathBuf>,
+
+    /// Glob of file names that trigger a reload (repeatable). Default: `*.py`.
+    #[arg(long, value_name = "GLOB", help_heading = "Development")]
+    pub reload_include: Vec<String>,
+
+    /// Glob of file or directory names to ignore (repeatable). Always ignored:
+    /// names starting with `.`, `*.py[cod]`, `*~`, `__pycache__`.
+    #[arg(long, value_name = "GLOB", help_heading = "Development")]
+    pub reload_exclude: Vec<String>,
+
+    /// Seconds to wait after a change before restarting, so a burst of saves
+    /// restarts once.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_RELOAD_DELAY",
+        default_value_t = 0.25,
+        help_heading = "Development"
+    )]
+    pub reload_delay: f64,
+
     /// Path of the built-in health endpoint, answered without running Python.
     #[arg(
         long,

@@ -69,6 +69,15 @@ impl Environment {
     }
 }
 
+/// File watching for `--reload`.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    pub dirs: Vec<PathBuf>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub delay: Duration,
+}
+
 /// The built-in health endpoint.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
@@ -163,6 +172,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// `None` when `--no-health` hands the path to the app.
     pub health: Option<HealthConfig>,
+    /// `None` unless `--reload` is given.
+    pub reload: Option<ReloadConfig>,
 }
 
 impl Config {
@@ -201,6 +212,27 @@ impl Config {
             return Err(ConfigError::ZeroMaxRequests);
         }
 
+        let reload = if cli.reload {
+            let dirs = if cli.reload_dir.is_empty() {
+                vec![PathBuf::from(".")]
+            } else {
+                cli.reload_dir
+            };
+            let include = if cli.reload_include.is_empty() {
+                vec!["*.py".to_owned()]
+            } else {
+                cli.reload_include
+            };
+            Some(ReloadConfig {
+                dirs,
+                include,
+                exclude: cli.reload_exclude,
+                delay: seconds("--reload-delay", cli.reload_delay)?,
+            })
+        } else {
+            None
+        };
+
         let health = if cli.no_health {
             None
         } else {
@@ -237,6 +269,7 @@ impl Config {
             limit_max_requests_jitter: cli.limit_max_requests_jitter,
             shutdown_delay: seconds("--shutdown-delay", cli.shutdown_delay)?,
             health,
+            reload,
         })
     }
 }

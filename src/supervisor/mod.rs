@@ -13,6 +13,7 @@
 //! | TTIN, TTOU | one worker more, one fewer |
 
 mod process;
+mod reload;
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -75,6 +76,8 @@ struct Supervisor<'a> {
     restart_at: Option<Instant>,
     /// When draining workers are killed if they have not exited.
     kill_at: Option<Instant>,
+    /// When to restart the worker after a file change (`--reload`).
+    reload_at: Option<Instant>,
     exit_code: u8,
 }
 
@@ -105,12 +108,34 @@ pub fn run(config: &Config) -> Result<(), u8> {
             tracing::error!(error = %err, "could not start the tokio runtime");
             EXIT_FAILURE
         })?;
+    let mut target = config.workers as usize;
+    if config.reload.is_some() && target > 1 {
+        tracing::warn!(
+            workers = target,
+            "--reload runs one worker; ignoring --workers"
+        );
+        target = 1;
+    }
+
     let result = runtime.block_on(async {
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let _watcher = match &config.reload {
+            Some(reload) => {
+                let watcher = reload::watch(reload, changes_tx).map_err(|err| {
+                    tracing::error!("{err}");
+                    EXIT_FAILURE
+                })?;
+                tracing::info!(dirs = ?reload.dirs, "watching for file changes");
+                Some(watcher)
+            }
+            None => None,
+        };
+
         let (messages_tx, messages_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             config,
             listen_fd,
-            target: config.workers as usize,
+            target,
             workers: Vec::new(),
             phase: Phase::Starting,
             messages_tx,
@@ -118,9 +143,10 @@ pub fn run(config: &Config) -> Result<(), u8> {
             restart_delay: RESTART_DELAY_MIN,
             restart_at: None,
             kill_at: None,
+            reload_at: None,
             exit_code: 0,
         };
-        supervisor.run(messages_rx).await
+        supervisor.run(messages_rx, changes_rx).await
     });
     // The socket stays open until every worker is gone.
     drop(socket);
@@ -128,7 +154,11 @@ pub fn run(config: &Config) -> Result<(), u8> {
 }
 
 impl Supervisor<'_> {
-    async fn run(mut self, mut messages: mpsc::UnboundedReceiver<(Pid, u8)>) -> Result<(), u8> {
+    async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<(Pid, u8)>,
+        mut changes: mpsc::UnboundedReceiver<std::path::PathBuf>,
+    ) -> Result<(), u8> {
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU]).map_err(
                 |err| {
@@ -149,7 +179,10 @@ impl Supervisor<'_> {
                     Err(self.exit_code)
                 };
             }
-            let timer = [self.restart_at, self.kill_at].into_iter().flatten().min();
+            let timer = [self.restart_at, self.kill_at, self.reload_at]
+                .into_iter()
+                .flatten()
+                .min();
             let wake = async {
                 match timer {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -160,6 +193,7 @@ impl Supervisor<'_> {
             tokio::select! {
                 Some(signal) = signals.next() => self.on_signal(signal),
                 Some((pid, message)) = messages.recv() => self.on_message(pid, message),
+                Some(path) = changes.recv() => self.on_change(&path),
                 () = wake => self.on_timer(),
             }
         }
@@ -204,8 +238,31 @@ impl Supervisor<'_> {
         }
     }
 
+    fn on_change(&mut self, path: &std::path::Path) {
+        if self.phase == Phase::Draining || self.reload_at.is_some() {
+            return;
+        }
+        let delay = self
+            .config
+            .reload
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.delay);
+        tracing::info!(path = %path.display(), "file changed, restarting the worker");
+        self.reload_at = Some(Instant::now() + delay);
+    }
+
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.reload_at.is_some_and(|at| at <= now) {
+            self.reload_at = None;
+            let old: Vec<Pid> = self.active().map(|w| w.pid).collect();
+            for pid in old {
+                self.retire(pid);
+            }
+            self.restart_at = None;
+            self.restart_delay = RESTART_DELAY_MIN;
+            self.spawn(true, None);
+        }
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             tracing::warn!(
@@ -290,7 +347,15 @@ impl Supervisor<'_> {
         }
 
         let no_ready_worker = !self.workers.iter().any(|w| w.ready);
-        if !worker.ready && code == Some(i32::from(EXIT_APP_START)) && no_ready_worker {
+        let startup_failed = !worker.ready && code == Some(i32::from(EXIT_APP_START));
+        if startup_failed && self.config.reload.is_some() {
+            tracing::error!(
+                pid = pid.as_raw(),
+                "the application could not start, waiting for a file change"
+            );
+            return;
+        }
+        if startup_failed && no_ready_worker {
             tracing::error!(
                 pid = pid.as_raw(),
                 "the application could not start, exiting"
