@@ -117,8 +117,11 @@ pub fn run(config: &Config, mut env: WorkerEnv) -> Result<(), u8> {
     let (python, startup) = PythonThread::spawn(config, Arc::clone(&bridge), Arc::clone(&health))
         .map_err(|err| startup_failed(&err))?;
 
+    let park_bridge = Arc::clone(&bridge);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Requests are queued without waking Python: one wake-up per pass.
+        .on_thread_park(move || park_bridge.flush())
         .build()
         .map_err(|err| {
             tracing::error!(error = %err, "could not start the tokio runtime");

@@ -316,7 +316,7 @@ impl Exchange {
             let more_body = !inbound.finished;
             inbound.delivered_last = !more_body;
             if let Some(waker) = inbound.pump_waker.take() {
-                waker.wake();
+                super::wake_later(waker);
             }
             return Some(Received::Body { data, more_body });
         }
@@ -335,7 +335,7 @@ impl Exchange {
 
         inbound.reading = true;
         if let Some(waker) = inbound.pump_waker.take() {
-            waker.wake();
+            super::wake_later(waker);
         }
         None
     }
@@ -390,7 +390,7 @@ impl Exchange {
         push_chunk(out, first);
         let outcome = queue_outcome(out);
         if let Some(waker) = out.waker.take() {
-            waker.wake();
+            super::wake_later(waker);
         }
         outcome
     }
@@ -409,7 +409,7 @@ impl Exchange {
         push_chunk(out, data);
         let outcome = queue_outcome(out);
         if let Some(waker) = out.waker.take() {
-            waker.wake();
+            super::wake_later(waker);
         }
         outcome
     }
@@ -423,10 +423,10 @@ impl Exchange {
         let out = &mut state.outbound;
         out.failed |= failed && !out.finished;
         if let Some(waker) = out.waker.take() {
-            waker.wake();
+            super::wake_later(waker);
         }
         if let Some(waker) = state.inbound.pump_waker.take() {
-            waker.wake();
+            super::wake_later(waker);
         }
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod exchange;
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::Waker;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -33,6 +35,9 @@ pub struct Bridge {
     /// True from the moment a producer writes to the eventfd until the
     /// Python thread starts taking the queue, so a burst writes once.
     wake_pending: AtomicBool,
+    /// Events were queued with [`Bridge::submit_deferred`] since the last
+    /// [`Bridge::flush`].
+    pending: AtomicBool,
     eventfd: EventFd,
 }
 
@@ -44,6 +49,7 @@ impl Bridge {
         Ok(Self {
             queue: Mutex::new(Vec::with_capacity(64)),
             wake_pending: false.into(),
+            pending: false.into(),
             eventfd,
         })
     }
@@ -56,11 +62,35 @@ impl Bridge {
     /// Queues `event` and wakes the Python thread unless a wake-up is
     /// already on its way. Safe from any thread; never blocks on Python.
     pub fn submit(&self, event: Event) {
+        self.push(event);
+        self.wake();
+    }
+
+    /// Queues `event` without waking the Python thread. The caller must call
+    /// [`Bridge::flush`] before it waits for anything; the tokio runtime
+    /// does so each time before its thread parks, so all requests parsed in
+    /// one pass of the runtime reach Python with one wake-up.
+    pub fn submit_deferred(&self, event: Event) {
+        self.push(event);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Wakes the Python thread if deferred events are waiting.
+    pub fn flush(&self) {
+        // Acquire pairs with the Release in `submit_deferred`.
+        if self.pending.swap(false, Ordering::Acquire) {
+            self.wake();
+        }
+    }
+
+    fn push(&self, event: Event) {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(event);
+    }
 
+    fn wake(&self) {
         // AcqRel pairs with the store in `take_events`: a producer that sees
         // `false` here pushed after the consumer's reset, so its event may
         // have missed the swap and the consumer must be woken again.
@@ -82,6 +112,50 @@ impl Bridge {
         self.wake_pending.store(false, Ordering::Release);
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *queue, into);
+    }
+}
+
+thread_local! {
+    /// Wakers held back while the Python thread runs a dispatch pass.
+    static DEFERRED_WAKERS: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Wakes `waker`, or holds it until the end of the current dispatch pass
+/// (see [`DeferWakers`]). Waking a tokio task from the Python thread makes
+/// the tokio thread runnable; on a shared core it would then preempt the
+/// Python thread once per response instead of once per pass.
+pub fn wake_later(waker: Waker) {
+    let waker = DEFERRED_WAKERS.with(|deferred| match deferred.borrow_mut().as_mut() {
+        Some(wakers) => {
+            wakers.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// Holds back [`wake_later`] wake-ups on this thread until dropped.
+#[derive(Debug)]
+pub struct DeferWakers(());
+
+impl DeferWakers {
+    pub fn start() -> Self {
+        DEFERRED_WAKERS.with(|deferred| {
+            deferred.borrow_mut().get_or_insert_with(Vec::new);
+        });
+        Self(())
+    }
+}
+
+impl Drop for DeferWakers {
+    fn drop(&mut self) {
+        let wakers = DEFERRED_WAKERS.with(|deferred| deferred.borrow_mut().take());
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
     }
 }
 
@@ -115,6 +189,15 @@ mod tests {
         bridge.take_events(&mut events);
         assert_eq!(events.len(), 2);
         assert!(!readable(&bridge));
+    }
+
+    #[test]
+    fn deferred_events_wake_on_flush_only() {
+        let bridge = Bridge::new().unwrap();
+        bridge.submit_deferred(Event::Stop);
+        assert!(!readable(&bridge));
+        bridge.flush();
+        assert!(readable(&bridge));
     }
 
     #[test]

@@ -149,7 +149,9 @@ pub async fn handle(
         server: conn.server,
         scheme: "http",
     };
-    shared.bridge.submit(Event::Request(Box::new(head)));
+    shared
+        .bridge
+        .submit_deferred(Event::Request(Box::new(head)));
 
     // If hyper drops this future (the client left), the guard tells the app.
     let guard = DisconnectGuard(Some(Arc::clone(&exchange)));

@@ -19,7 +19,7 @@ use super::awaitable::Ready;
 use super::http::{received_message, HttpCycle, DISPATCHING};
 use super::scope::{build_http_scope, ScopeDefaults};
 use crate::bridge::exchange::Parked;
-use crate::bridge::{Bridge, Event, RequestHead, WaitKind};
+use crate::bridge::{Bridge, DeferWakers, Event, RequestHead, WaitKind};
 
 static CONTEXT: PyOnceLock<Context> = PyOnceLock::new();
 
@@ -106,6 +106,7 @@ impl Dispatcher {
         ctx.bridge.take_events(&mut self.events);
 
         DISPATCHING.set(true);
+        let _deferred = DeferWakers::start();
         for event in self.events.drain(..) {
             let result = match event {
                 Event::Request(head) => start_request(py, ctx, *head),
