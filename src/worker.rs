@@ -94,6 +94,9 @@ impl WorkerEnv {
 
 /// Runs the worker; `Err` carries the exit code after the failure is logged.
 pub fn run(config: &Config, mut env: WorkerEnv) -> Result<(), u8> {
+    // Worker lines carry the pid, so those of several workers can be told apart.
+    let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
+
     // Ends this worker if the supervisor dies without stopping it.
     if let Err(err) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
         tracing::debug!(error = %err, "could not set the parent-death signal");

@@ -56,6 +56,18 @@ impl BoundSocket {
     }
 }
 
+impl BoundSocket {
+    /// Closes the socket; a Unix socket's file is removed too, as uvicorn
+    /// does, so clients get "connection refused" rather than a stale path.
+    pub fn close(self) {
+        if let Self::Unix(_, Some(path)) = &self {
+            if let Err(err) = std::fs::remove_file(path) {
+                tracing::debug!(path = %path.display(), error = %err, "could not remove the Unix socket");
+            }
+        }
+    }
+}
+
 impl AsFd for BoundSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {

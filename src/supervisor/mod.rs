@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::python::LIFESPAN_SHUTDOWN_TIMEOUT;
-use crate::server::listener;
+use crate::server::listener::{self, BoundSocket};
 use crate::worker::{MSG_READY, MSG_RECYCLE};
 use crate::{EXIT_APP_START, EXIT_FAILURE};
 use process::{make_inheritable, spawn_worker, SpawnOptions};
@@ -65,6 +65,9 @@ enum Phase {
 
 struct Supervisor<'a> {
     config: &'a Config,
+    /// The listening socket, closed once draining starts so that new
+    /// connections are refused while workers finish.
+    socket: Option<BoundSocket>,
     listen_fd: i32,
     target: usize,
     workers: Vec<Worker>,
@@ -134,6 +137,7 @@ pub fn run(config: &Config) -> Result<(), u8> {
         let (messages_tx, messages_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor {
             config,
+            socket: Some(socket),
             listen_fd,
             target,
             workers: Vec::new(),
@@ -148,8 +152,6 @@ pub fn run(config: &Config) -> Result<(), u8> {
         };
         supervisor.run(messages_rx, changes_rx).await
     });
-    // The socket stays open until every worker is gone.
-    drop(socket);
     result
 }
 
@@ -458,6 +460,7 @@ impl Supervisor<'_> {
 
     fn drain(&mut self) {
         self.phase = Phase::Draining;
+        self.close_socket();
         self.restart_at = None;
         self.rolling.clear();
         let config = self.config;
@@ -466,19 +469,31 @@ impl Supervisor<'_> {
             + LIFESPAN_SHUTDOWN_TIMEOUT
             + DRAIN_MARGIN;
         self.kill_at = Some(Instant::now() + budget);
-        tracing::info!(
-            workers = self.workers.len(),
-            "stopping workers, signal again to exit now"
-        );
+        if !self.workers.is_empty() {
+            tracing::info!(
+                workers = self.workers.len(),
+                "stopping workers, signal again to exit now"
+            );
+        }
         self.signal_all(Signal::SIGTERM);
     }
 
     fn force_stop(&mut self) {
         tracing::warn!("stopping workers now");
         self.phase = Phase::Draining;
+        self.close_socket();
         self.exit_code = EXIT_FAILURE;
         self.signal_all(Signal::SIGQUIT);
         self.kill_at = Some(Instant::now() + FORCED_STOP_GRACE);
+    }
+
+    /// Closes the supervisor's copy of the listening socket. Workers keep
+    /// theirs until they stop accepting, so the port stays open exactly as
+    /// long as some worker still accepts.
+    fn close_socket(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            socket.close();
+        }
     }
 
     fn signal_all(&self, signal: Signal) {
