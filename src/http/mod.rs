@@ -139,12 +139,17 @@ pub async fn handle(
         started,
     });
 
+    let headers = if parts.version == http::Version::HTTP_2 {
+        with_host_first(parts.headers, &parts.uri)
+    } else {
+        parts.headers
+    };
     let head = RequestHead {
         exchange: Arc::clone(&exchange),
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
-        headers: parts.headers,
+        headers,
         client: conn.client,
         server: conn.server,
         scheme: "http",
@@ -238,6 +243,32 @@ async fn start_body(
     Some(exchange)
 }
 
+/// Puts the HTTP/2 `:authority` first as `host`, replacing any `host`
+/// header, as the ASGI HTTP spec asks for pseudo-headers.
+fn with_host_first(headers: http::HeaderMap, uri: &http::Uri) -> http::HeaderMap {
+    let Some(authority) = uri.authority() else {
+        return headers;
+    };
+    let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
+        return headers;
+    };
+    let mut ordered = http::HeaderMap::with_capacity(headers.len() + 1);
+    ordered.insert(http::header::HOST, host);
+    let mut last_name = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            last_name = Some(name);
+        }
+        match &last_name {
+            Some(name) if name != http::header::HOST => {
+                ordered.append(name.clone(), value);
+            }
+            _ => {}
+        }
+    }
+    ordered
+}
+
 /// A response made by the server itself.
 pub fn plain_response(
     status: StatusCode,
@@ -272,5 +303,22 @@ impl Drop for DisconnectGuard {
         if let Some(exchange) = self.0.take() {
             exchange.client_gone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_authority_becomes_first_host_header() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        headers.insert("host", HeaderValue::from_static("stale"));
+        let uri: http::Uri = "http://example.test:8080/path".parse().unwrap();
+        let ordered = with_host_first(headers, &uri);
+        let names: Vec<_> = ordered.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "accept"]);
+        assert_eq!(ordered["host"], "example.test:8080");
     }
 }
