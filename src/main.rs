@@ -16,8 +16,10 @@
 mod bridge;
 mod cli;
 mod config;
+mod envfile;
 mod http;
 mod logging;
+mod proxy;
 mod python;
 mod server;
 mod version;
@@ -44,7 +46,21 @@ const EXIT_APP_START: u8 = 3;
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+
+    // Loaded first, while this is the only thread, so that the app and the
+    // FORWARDED_ALLOW_IPS fallback below see its variables, as in uvicorn.
+    let env_loaded = match cli.env_file.as_deref().map(envfile::load).transpose() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.forwarded_allow_ips.is_none() {
+        cli.forwarded_allow_ips = std::env::var("FORWARDED_ALLOW_IPS").ok();
+    }
+
     let config = match Config::from_cli(cli, std::env::var("PORT").ok()) {
         Ok(config) => config,
         Err(err) => {
@@ -52,7 +68,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    logging::init(config.log_level, config.access_log);
+    logging::init(
+        config.log_level,
+        config.access_log,
+        config.log_format,
+        config.access_log_format,
+    );
+    if let (Some(path), Some(count)) = (&config.env_file, env_loaded) {
+        tracing::info!(path = %path.display(), variables = count, "loaded environment file");
+    }
 
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,10 +113,7 @@ fn run(config: &Config) -> Result<(), u8> {
             tracing::error!(error = %err, "could not start the tokio runtime");
             EXIT_FAILURE
         })?;
-    let shared = Arc::new(http::Shared {
-        bridge,
-        access_log: config.access_log,
-    });
+    let shared = Arc::new(http::Shared::new(bridge, config));
     tracing::info!("listening on {}", socket.describe());
     let outcome = runtime
         .block_on(server::serve(socket, shared, config))
