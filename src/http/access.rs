@@ -85,7 +85,7 @@ impl AccessRecord {
         )
     }
 
-    /// One JSON object: `time` (RFC 3339, UTC), `client`, `method`, `path`,
+    /// Formats one JSON object: `time` (RFC 3339, UTC), `client`, `method`, `path`,
     /// `query`, `http_version`, `status`, `bytes` (response body bytes
     /// sent), `duration_ms`, `user_agent` (null when absent), `request_id`
     /// and `complete`.
@@ -122,7 +122,7 @@ impl AccessRecord {
     }
 }
 
-/// The request id: the client's `X-Request-ID` when it is 1 to 128
+/// Returns the request id: the client's `X-Request-ID` when it is 1 to 128
 /// characters of letters, digits and `-_.:+/=`, else a new random one.
 pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(&b);
@@ -151,7 +151,7 @@ thread_local! {
     });
 }
 
-/// The next value of wyrand: fast, not cryptographic. Request ids need to
+/// Returns the next value of wyrand: fast, not cryptographic. Request ids need to
 /// be unique in practice, not unguessable.
 fn next_random() -> u64 {
     RANDOM_STATE.with(|state| {
@@ -181,7 +181,7 @@ fn push_json_str(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// The current time as `2024-05-01T12:34:56.789Z`.
+/// Formats the current time as `2024-05-01T12:34:56.789Z`.
 fn rfc3339_now() -> String {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -21,7 +21,7 @@ use crate::bridge::Exchange;
 
 /// Reads `body` into `exchange` while the app wants more, then stops. With
 /// a `budget`, a body that grows past it ends the exchange as if the client
-/// had left: the app sees `http.disconnect` and the service answers 413.
+/// had left: the app receives `http.disconnect` and the client gets 413.
 pub async fn pump_request_body(
     mut body: Incoming,
     exchange: Arc<Exchange>,

@@ -68,7 +68,8 @@ impl Shared {
         }
     }
 
-    /// The access record for a request, or `None` when it is not logged.
+    /// Starts the access record for a request, or returns `None` when the
+    /// request is not logged.
     fn access_record(
         &self,
         parts: &Parts,
@@ -106,7 +107,7 @@ pub struct ConnInfo {
     pub server: Option<SocketAddr>,
 }
 
-/// Serves one request and holds `guard` until its response body is
+/// Serves one request and keeps `guard` alive until its response body is
 /// dropped, which is when hyper has written it or the connection ended.
 pub async fn serve<G: Unpin>(
     req: Request<Incoming>,
@@ -142,7 +143,7 @@ async fn handle(
         (response, None, request_id.clone())
     };
 
-    // Over the limit the request is answered here, without running Python.
+    // Over the limit, the 503 is sent from here, without running Python.
     let permit = match shared.limits.concurrency {
         None => None,
         Some(limit) => match shared.in_flight.try_acquire(limit) {
@@ -223,7 +224,7 @@ async fn handle(
     (response, permit, request_id)
 }
 
-/// A response made by the server itself, logged in the access log.
+/// Builds a response made by the server itself and logs it in the access log.
 fn server_response(
     status: StatusCode,
     text: &'static str,

@@ -78,8 +78,8 @@ where
     leftmost
 }
 
-/// The last comma-separated item of the last value, trimmed: the value set
-/// by the nearest proxy, so a client-supplied value to its left never wins.
+/// Returns the last comma-separated item of the last value, trimmed. The
+/// nearest proxy set it, so a client-supplied value to its left never wins.
 pub fn rightmost<'a, I>(mut values: I) -> Option<&'a str>
 where
     I: DoubleEndedIterator<Item = &'a [u8]>,
@@ -197,7 +197,7 @@ impl Parser<'_> {
         self.rest = self.rest.trim_start_matches([' ', '\t']);
     }
 
-    /// One element: `pair *( ";" pair )`, where a pair is `token=value`.
+    /// Parses one element: `pair *( ";" pair )`, where a pair is `token=value`.
     fn element(&mut self) -> Option<Element> {
         let mut element = Element::default();
         loop {
@@ -226,7 +226,7 @@ impl Parser<'_> {
         }
     }
 
-    /// An RFC 9110 token; at least one character.
+    /// Reads an RFC 9110 token of at least one character.
     fn token(&mut self) -> Option<&str> {
         let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:[]".contains(c);
         let end = self.rest.find(|c| !is_tchar(c)).unwrap_or(self.rest.len());
@@ -238,7 +238,7 @@ impl Parser<'_> {
         Some(token)
     }
 
-    /// The rest of a quoted string after its opening quote, unescaped.
+    /// Reads the rest of a quoted string after its opening quote, unescaped.
     fn quoted(&mut self) -> Option<String> {
         let mut text = String::new();
         let mut chars = self.rest.char_indices();

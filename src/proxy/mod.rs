@@ -79,13 +79,13 @@ impl HeaderSet {
         Ok(set)
     }
 
-    /// Whether every header in `other` is in this set.
+    /// Checks whether every header in `other` is in this set.
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
 }
 
-/// How proxy headers are handled; part of the validated configuration.
+/// Proxy header settings, part of the validated configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// `--proxy-headers` (the default) or `--no-proxy-headers`.
@@ -107,7 +107,7 @@ pub struct Overrides {
     pub root_path: Option<String>,
 }
 
-/// What the proxy headers of one request resolve to.
+/// The client, scheme and scope overrides that one request's proxy headers give.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Resolved {
     /// The client address; the peer's own unless a trusted proxy named another.
@@ -118,7 +118,7 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The `scheme` of an HTTP scope.
+    /// Returns the `scheme` of an HTTP scope.
     pub fn http_scheme(&self) -> &'static str {
         if self.secure {
             "https"
@@ -127,7 +127,7 @@ impl Resolved {
         }
     }
 
-    /// The `scheme` of a WebSocket scope.
+    /// Returns the `scheme` of a WebSocket scope.
     // NOTE: unused until the WebSocket handshake builds its scope here.
     #[allow(dead_code)]
     pub fn websocket_scheme(&self) -> &'static str {
@@ -242,7 +242,7 @@ impl ProxyConfig {
     }
 }
 
-/// The raw bytes of every value of `name`, in order.
+/// Returns the raw bytes of every value of `name`, in order.
 fn values<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,

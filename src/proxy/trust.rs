@@ -87,7 +87,7 @@ impl TrustedNetworks {
         Ok(trusted)
     }
 
-    /// Whether `ip` is trusted. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`)
+    /// Checks whether `ip` is trusted. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`)
     /// match the IPv4 entries.
     pub fn contains(&self, ip: IpAddr) -> bool {
         if self.any {
@@ -97,7 +97,7 @@ impl TrustedNetworks {
         self.networks.iter().any(|network| network.contains(ip))
     }
 
-    /// Whether the connection's peer is trusted. A Unix socket peer has no
+    /// Checks whether the connection's peer is trusted. A Unix socket peer has no
     /// address and is trusted: only processes allowed to open the socket
     /// file can connect, which is how a proxy in the same pod or host
     /// reaches the server.

@@ -84,7 +84,9 @@ impl HttpCycle {
             }
         }
 
-        if !failed && !self.started {
+        // An app may return without a response once the client has gone,
+        // for example after a body over --limit-request-body.
+        if !failed && !self.started && !self.exchange.is_disconnected() {
             tracing::error!("ASGI callable returned without sending http.response.start");
         } else if !failed && !self.finished && !self.exchange.is_disconnected() {
             tracing::error!("ASGI callable returned without completing the response");

@@ -72,7 +72,7 @@ pub async fn serve(
         tokio::select! {
             accepted = accept(&listener) => match accepted {
                 Ok(accepted) => {
-                    let watch = (Arc::new(Activity::default()), timeouts);
+                    let watch = (Activity::new(), timeouts);
                     accepted.spawn(&mut connections, &builder, &graceful, &shared, watch);
                 }
                 Err(err) => {

@@ -5,8 +5,8 @@
 //! request head, which on a keep-alive connection includes the idle time
 //! before the client sends anything (hyper 1.13, `Conn::poll_read_head`),
 //! so it cannot tell an idle client from a slow one. Instead, the socket is
-//! wrapped in [`Watched`], which knows from [`Activity`] whether a request is
-//! in flight and sees every byte read:
+//! wrapped in [`Watched`], which reads from [`Activity`] whether a request is
+//! in flight and counts every byte read:
 //!
 //! - no request in flight and no byte since the last one ended: the
 //!   connection is idle and closes after `--timeout-keep-alive`;
@@ -15,6 +15,15 @@
 //! - a request in flight: no timeout here.
 //!
 //! A timeout makes the next read fail, and hyper closes the connection.
+//!
+//! hyper may write the end of a response and not read again in that poll,
+//! so while a request is in flight a timer stays armed at most one
+//! keep-alive period ahead. When it fires, the read is polled again and the
+//! idle time counts from when the last response ended.
+//!
+//! NOTE: HTTP/2 connections get the same rules, counting streams as
+//! requests, so an h2 connection without streams is closed by the idle or
+//! header-read timeout, probably without a GOAWAY frame (not tested).
 
 use std::future::Future;
 use std::io;
@@ -38,14 +47,32 @@ pub struct Timeouts {
 ///
 /// Both run on the connection's task, so Relaxed atomics are enough: they
 /// only make the counters `Sync` for the spawned future.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
     /// Requests started on this connection since it opened.
     started: AtomicU64,
     in_flight: AtomicUsize,
+    /// When the connection opened; `last_end` counts from here.
+    opened: Instant,
+    /// Nanoseconds from `opened` to when the last request ended.
+    last_end: AtomicU64,
 }
 
 impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            opened: Instant::now(),
+            last_end: AtomicU64::new(0),
+        })
+    }
+
+    /// The instant the last request ended, or the connection opened.
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.last_end.load(Ordering::Relaxed))
+    }
+
     /// Counts a request whose head hyper has parsed; it stays in flight
     /// until the returned guard is dropped with its response body.
     pub fn begin_request(self: &Arc<Self>) -> RequestActivity {
@@ -61,7 +88,12 @@ pub struct RequestActivity(Arc<Activity>);
 
 impl Drop for RequestActivity {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let nanos = activity.opened.elapsed().as_nanos();
+            let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+            activity.last_end.store(nanos, Ordering::Relaxed);
+        }
     }
 }
 
@@ -94,14 +126,27 @@ impl<I> Watched<I> {
     pub fn new(io: I, activity: Arc<Activity>, timeouts: Timeouts) -> Self {
         let now = Instant::now();
         Self {
+            phase: Phase::Idle(activity.idle_since()),
             io,
             activity,
             timeouts,
-            phase: Phase::Idle(now),
             seen_started: 0,
             sleep: Box::pin(tokio::time::sleep_until(now + timeouts.keep_alive)),
             armed: None,
         }
+    }
+
+    /// Keeps the timer armed no later than one keep-alive period from now,
+    /// so the end of the request in flight is noticed in time.
+    fn poll_busy_timer(&mut self, cx: &mut Context<'_>) {
+        let latest = Instant::now() + self.timeouts.keep_alive;
+        if self.sleep.is_elapsed() || self.armed.map_or(true, |armed| armed > latest) {
+            self.sleep.as_mut().reset(latest);
+            self.armed = Some(latest);
+        }
+        // Polled only to register the waker: a fired timer makes hyper read
+        // again, and the read decides what the connection's state is.
+        let _ = self.sleep.as_mut().poll(cx);
     }
 
     /// Polls the timer for `deadline`; ready when it has passed.
@@ -135,12 +180,16 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         if this.activity.in_flight.load(Ordering::Relaxed) > 0 {
             this.phase = Phase::Busy;
             this.seen_started = started;
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let result = Pin::new(&mut this.io).poll_read(cx, buf);
+            if result.is_pending() {
+                this.poll_busy_timer(cx);
+            }
+            return result;
         }
         // A request ended since the last read, maybe within a single poll.
         if this.phase == Phase::Busy || started != this.seen_started {
             this.seen_started = started;
-            this.phase = Phase::Idle(Instant::now());
+            this.phase = Phase::Idle(this.activity.idle_since());
         }
 
         let before = buf.filled().len();
@@ -211,7 +260,7 @@ mod tests {
         Arc<Activity>,
     ) {
         let (server, client) = tokio::io::duplex(1024);
-        let activity = Arc::new(Activity::default());
+        let activity = Activity::new();
         (
             Watched::new(server, Arc::clone(&activity), TIMEOUTS),
             client,
@@ -246,7 +295,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn request_in_flight_has_no_timeout_and_idle_restarts_after() {
+    async fn busy_connection_waits_then_idles() {
         let (mut conn, mut client, activity) = watched();
         let request = activity.begin_request();
         let mut buf = [0u8; 8];
