@@ -116,8 +116,8 @@ pub struct Cli {
     )]
     pub backlog: u32,
 
-    /// Seconds an idle keep-alive connection stays open. Also bounds how long a
-    /// client may take to send request headers.
+    /// Seconds an idle keep-alive connection stays open while no request is
+    /// being received or served.
     #[arg(
         long,
         value_name = "SECONDS",
@@ -257,6 +257,183 @@ pub struct Cli {
     /// Write no access log lines.
     #[arg(long, overrides_with = "access_log", help_heading = "Logging")]
     pub no_access_log: bool,
+
+    /// Format of every log line: `text`, or `json` for one JSON object per line.
+    #[arg(
+        long,
+        value_enum,
+        env = "FASTSERVE_LOG_FORMAT",
+        default_value_t = LogFormat::Text,
+        help_heading = "Logging"
+    )]
+    pub log_format: LogFormat,
+
+    /// Format of access log lines: `text` (uvicorn-like) or `json` (with a
+    /// request id, returned as `x-request-id`). Default: the --log-format.
+    #[arg(
+        long,
+        value_enum,
+        env = "FASTSERVE_ACCESS_LOG_FORMAT",
+        help_heading = "Logging"
+    )]
+    pub access_log_format: Option<LogFormat>,
+
+    /// Comma-separated request paths left out of the access log, such as probes.
+    /// An empty value logs every path.
+    #[arg(
+        long,
+        value_name = "PATHS",
+        env = "FASTSERVE_ACCESS_LOG_EXCLUDE",
+        default_value = "",
+        help_heading = "Logging"
+    )]
+    pub access_log_exclude: String,
+
+    /// Read the client address and scheme from proxy headers sent by a peer
+    /// in --forwarded-allow-ips (the default).
+    #[arg(
+        long,
+        overrides_with = "no_proxy_headers",
+        env = "FASTSERVE_PROXY_HEADERS",
+        help_heading = "Proxy"
+    )]
+    pub proxy_headers: bool,
+
+    /// Ignore proxy headers: the scope shows the connection's own peer and scheme.
+    #[arg(long, overrides_with = "proxy_headers", help_heading = "Proxy")]
+    pub no_proxy_headers: bool,
+
+    /// Comma-separated peers whose proxy headers are trusted: IPv4 or IPv6
+    /// addresses, CIDR ranges, or `*` for all. Unix socket peers are always
+    /// trusted. Falls back to FORWARDED_ALLOW_IPS, as in uvicorn.
+    /// [default: 127.0.0.1,::1]
+    #[arg(
+        long,
+        value_name = "LIST",
+        env = "FASTSERVE_FORWARDED_ALLOW_IPS",
+        help_heading = "Proxy"
+    )]
+    pub forwarded_allow_ips: Option<String>,
+
+    /// Comma-separated proxy headers to read from trusted peers: x-forwarded-for,
+    /// x-forwarded-proto, x-forwarded-host, x-forwarded-port, x-forwarded-prefix,
+    /// forwarded (RFC 7239), or `all`.
+    #[arg(
+        long,
+        value_name = "LIST",
+        env = "FASTSERVE_FORWARDED_HEADERS",
+        default_value = crate::proxy::DEFAULT_HEADERS,
+        help_heading = "Proxy"
+    )]
+    pub forwarded_headers: String,
+
+    /// Seconds a client may take to send a request's headers, counted from its
+    /// first byte. Closes slowloris connections without shortening keep-alive.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_TIMEOUT_HEADER_READ",
+        default_value_t = 10.0,
+        help_heading = "Timeouts"
+    )]
+    pub timeout_header_read: f64,
+
+    /// Maximum number of requests served at once; further requests get 503
+    /// without running the app. Idle connections do not count. Default: no limit.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_LIMIT_CONCURRENCY",
+        help_heading = "Limits"
+    )]
+    pub limit_concurrency: Option<usize>,
+
+    /// Maximum request body size in bytes; larger bodies get 413. Default: no limit.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FASTSERVE_LIMIT_REQUEST_BODY",
+        help_heading = "Limits"
+    )]
+    pub limit_request_body: Option<u64>,
+
+    /// Maximum length in bytes of the request target (the URI in the request
+    /// line); longer ones get 414.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FASTSERVE_LIMIT_REQUEST_LINE",
+        default_value_t = 16 * 1024,
+        help_heading = "Limits"
+    )]
+    pub limit_request_line: usize,
+
+    /// Maximum size in bytes of the request head (request line and headers);
+    /// larger heads get 431. At least 8192.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FASTSERVE_MAX_HEADER_SIZE",
+        default_value_t = 64 * 1024,
+        help_heading = "Limits"
+    )]
+    pub max_header_size: usize,
+
+    /// A header added to every response unless the app sets it, as `NAME:VALUE`.
+    /// Repeat for several; FASTSERVE_HEADER takes one per line.
+    #[arg(
+        long = "header",
+        value_name = "NAME:VALUE",
+        env = "FASTSERVE_HEADER",
+        value_delimiter = '\n',
+        help_heading = "Responses"
+    )]
+    pub headers: Vec<String>,
+
+    /// Add `server: fastserve` to responses that have no `server` header (the default).
+    #[arg(
+        long,
+        overrides_with = "no_server_header",
+        env = "FASTSERVE_SERVER_HEADER",
+        help_heading = "Responses"
+    )]
+    pub server_header: bool,
+
+    /// Send no `server` header unless the app sets one.
+    #[arg(long, overrides_with = "server_header", help_heading = "Responses")]
+    pub no_server_header: bool,
+
+    /// Add a `date` header to every response (the default).
+    #[arg(
+        long,
+        overrides_with = "no_date_header",
+        env = "FASTSERVE_DATE_HEADER",
+        help_heading = "Responses"
+    )]
+    pub date_header: bool,
+
+    /// Send no `date` header unless the app sets one.
+    #[arg(long, overrides_with = "date_header", help_heading = "Responses")]
+    pub no_date_header: bool,
+
+    /// A dotenv file (KEY=VALUE lines) loaded into the environment before the
+    /// app is imported. Variables already set keep their values.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FASTSERVE_ENV_FILE",
+        help_heading = "Application"
+    )]
+    pub env_file: Option<PathBuf>,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; access lines look like uvicorn's.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -372,6 +549,20 @@ mod tests {
         let cli = Cli::parse_from(["fastserve", "health:app"]);
         assert!(cli.command.is_none());
         assert_eq!(cli.app.as_deref(), Some("health:app"));
+    }
+
+    #[test]
+    fn repeated_header_option_collects_values() {
+        let cli = Cli::parse_from(["fastserve", "--header", "a:1", "--header", "b: 2, 3"]);
+        assert_eq!(cli.headers, ["a:1", "b: 2, 3"]);
+    }
+
+    #[test]
+    fn last_proxy_headers_flag_wins() {
+        let cli = Cli::parse_from(["fastserve", "--proxy-headers", "--no-proxy-headers"]);
+        assert!(cli.no_proxy_headers);
+        let cli = Cli::parse_from(["fastserve", "--no-proxy-headers", "--proxy-headers"]);
+        assert!(!cli.no_proxy_headers);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, LifespanMode, LogLevel, LoopKind};
+use crate::cli::{Cli, LifespanMode, LogFormat, LogLevel, LoopKind};
+use crate::http::defaults::{InvalidHeaderOption, ResponseDefaults};
+use crate::http::limits::Limits;
+use crate::proxy::{HeaderSet, InvalidHeaderName, InvalidTrustEntry, ProxyConfig, TrustedNetworks};
 
 /// Port used when neither `--port`, `FASTSERVE_PORT` nor `PORT` is set. 8080
 /// is what container platforms (Cloud Run, Knative, most Helm charts) expect.
@@ -47,6 +50,22 @@ pub enum ConfigError {
 
     #[error("invalid --limit-max-requests 0: expected 1 or more, or leave it unset")]
     ZeroMaxRequests,
+
+    #[error(transparent)]
+    TrustEntry(#[from] InvalidTrustEntry),
+
+    #[error(transparent)]
+    ForwardedHeader(#[from] InvalidHeaderName),
+
+    #[error(transparent)]
+    ResponseHeader(#[from] InvalidHeaderOption),
+
+    #[error("invalid {option} {value}: expected {expected}")]
+    InvalidLimit {
+        option: &'static str,
+        value: u64,
+        expected: &'static str,
+    },
 }
 
 /// Environment variables read besides the `FASTSERVE_<NAME>` ones, which
@@ -174,12 +193,23 @@ pub struct Config {
     pub health: Option<HealthConfig>,
     /// `None` unless `--reload` is given.
     pub reload: Option<ReloadConfig>,
+    pub log_format: LogFormat,
+    pub access_log_format: LogFormat,
+    /// Request paths left out of the access log.
+    pub access_log_exclude: Vec<String>,
+    pub proxy: ProxyConfig,
+    pub timeout_header_read: Duration,
+    pub limits: Limits,
+    pub response_defaults: ResponseDefaults,
+    pub date_header: bool,
+    pub env_file: Option<PathBuf>,
 }
 
 impl Config {
     /// Validates the command line, with `env` for the variables clap does
     /// not read.
     pub fn from_cli(cli: Cli, env: Environment) -> Result<Self, ConfigError> {
+        let limits = limits(&cli)?;
         let app = match cli.app.as_deref() {
             None | Some("") => AppSource::Demo,
             Some(value) => AppSource::parse(value)?,
@@ -198,6 +228,24 @@ impl Config {
 
         // The clap flags override each other, so at most one is set.
         let access_log = !cli.no_access_log;
+        let proxy = ProxyConfig {
+            enabled: !cli.no_proxy_headers,
+            trusted: TrustedNetworks::parse(
+                cli.forwarded_allow_ips
+                    .as_deref()
+                    .unwrap_or(crate::proxy::DEFAULT_ALLOW_IPS),
+            )?,
+            headers: HeaderSet::parse(&cli.forwarded_headers)?,
+        };
+        let response_defaults =
+            ResponseDefaults::from_options(&cli.headers, !cli.no_server_header)?;
+        let access_log_exclude = cli
+            .access_log_exclude
+            .split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(str::to_owned)
+            .collect();
 
         let workers = match (cli.workers, env.web_concurrency) {
             (Some(0), _) => return Err(ConfigError::ZeroWorkers),
@@ -270,8 +318,48 @@ impl Config {
             shutdown_delay: seconds("--shutdown-delay", cli.shutdown_delay)?,
             health,
             reload,
+            log_format: cli.log_format,
+            access_log_format: cli.access_log_format.unwrap_or(cli.log_format),
+            access_log_exclude,
+            proxy,
+            timeout_header_read: seconds("--timeout-header-read", cli.timeout_header_read)?,
+            limits,
+            response_defaults,
+            date_header: !cli.no_date_header,
+            env_file: cli.env_file,
         })
     }
+}
+
+/// Checks the `--limit-*` and `--max-header-size` options.
+fn limits(cli: &Cli) -> Result<Limits, ConfigError> {
+    if cli.max_header_size < Limits::MIN_HEADER_SIZE {
+        return Err(ConfigError::InvalidLimit {
+            option: "--max-header-size",
+            value: cli.max_header_size as u64,
+            expected: "8192 bytes or more",
+        });
+    }
+    if cli.limit_concurrency == Some(0) {
+        return Err(ConfigError::InvalidLimit {
+            option: "--limit-concurrency",
+            value: 0,
+            expected: "1 or more",
+        });
+    }
+    if cli.limit_request_line == 0 {
+        return Err(ConfigError::InvalidLimit {
+            option: "--limit-request-line",
+            value: 0,
+            expected: "1 byte or more",
+        });
+    }
+    Ok(Limits {
+        concurrency: cli.limit_concurrency,
+        request_body: cli.limit_request_body,
+        request_line: cli.limit_request_line,
+        header_size: cli.max_header_size,
+    })
 }
 
 /// Picks the port: the flag (or `FASTSERVE_PORT`, which clap folds into it),
@@ -427,6 +515,40 @@ mod tests {
         let err = config(&["--health-path", "health"], None).unwrap_err();
         assert!(err.to_string().contains("--health-path"), "{err}");
         assert!(config(&["--no-health"], None).unwrap().health.is_none());
+    }
+
+    #[test]
+    fn proxy_defaults_trust_loopback() {
+        let cfg = config(&[], None).unwrap();
+        assert!(cfg.proxy.enabled);
+        assert!(cfg.proxy.trusted.contains("::1".parse().unwrap()));
+        assert!(cfg.proxy.trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(!cfg.proxy.trusted.contains("10.0.0.1".parse().unwrap()));
+        assert!(!cfg.proxy.headers.contains(HeaderSet::FORWARDED));
+        let cfg = config(&["--no-proxy-headers"], None).unwrap();
+        assert!(!cfg.proxy.enabled);
+    }
+
+    #[test]
+    fn invalid_forwarded_allow_ips_names_entry() {
+        let err = config(&["--forwarded-allow-ips", "127.0.0.1,localhost"], None).unwrap_err();
+        assert!(err.to_string().contains("\"localhost\""), "{err}");
+    }
+
+    #[test]
+    fn small_max_header_size_rejected() {
+        let err = config(&["--max-header-size", "100"], None).unwrap_err();
+        assert!(err.to_string().contains("--max-header-size"), "{err}");
+    }
+
+    #[test]
+    fn access_log_format_follows_log_format() {
+        let cfg = config(&["--log-format", "json"], None).unwrap();
+        assert_eq!(cfg.access_log_format, LogFormat::Json);
+        let cfg = config(&["--access-log-format", "json"], None).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Text);
+        assert_eq!(cfg.access_log_format, LogFormat::Json);
+        assert!(cfg.access_log_exclude.is_empty());
     }
 
     #[test]

@@ -19,9 +19,11 @@
 mod bridge;
 mod cli;
 mod config;
+mod envfile;
 mod health;
 mod http;
 mod logging;
+mod proxy;
 mod python;
 mod server;
 mod supervisor;
@@ -44,11 +46,10 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_APP_START: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let env = Environment::from_process();
+    let mut cli = Cli::parse();
 
     if let Some(Command::Health(args)) = &cli.command {
-        return match health::probe::run(args, env.port) {
+        return match health::probe::run(args, std::env::var("PORT").ok()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("{err}");
@@ -57,14 +58,35 @@ fn main() -> ExitCode {
         };
     }
 
-    let config = match Config::from_cli(cli, env) {
+    // Loaded first, while this is the only thread, so that the app and the
+    // FORWARDED_ALLOW_IPS fallback below see its variables, as in uvicorn.
+    let env_loaded = match cli.env_file.as_deref().map(envfile::load).transpose() {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.forwarded_allow_ips.is_none() {
+        cli.forwarded_allow_ips = std::env::var("FORWARDED_ALLOW_IPS").ok();
+    }
+
+    let config = match Config::from_cli(cli, Environment::from_process()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    logging::init(config.log_level, config.access_log);
+    logging::init(
+        config.log_level,
+        config.access_log,
+        config.log_format,
+        config.access_log_format,
+    );
+    if let (Some(path), Some(count)) = (&config.env_file, env_loaded) {
+        tracing::info!(path = %path.display(), variables = count, "loaded environment file");
+    }
 
     let result = match WorkerEnv::from_process() {
         Some(worker_env) => worker::run(&config, worker_env),

@@ -65,6 +65,9 @@ pub struct RequestHead {
     /// The local address; `None` on a Unix socket.
     pub server: Option<SocketAddr>,
     pub scheme: &'static str,
+    /// Scope values set by trusted proxy headers (`root_path`, `server`, a
+    /// named client); `None` for most requests.
+    pub overrides: Option<Box<crate::proxy::Overrides>>,
 }
 
 /// Status and headers from `http.response.start`.

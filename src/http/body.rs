@@ -15,11 +15,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::access::AccessRecord;
+use super::limits::BodyBudget;
 use crate::bridge::exchange::AppFailed;
 use crate::bridge::Exchange;
 
-/// Reads `body` into `exchange` while the app wants more, then stops.
-pub async fn pump_request_body(mut body: Incoming, exchange: Arc<Exchange>) {
+/// Reads `body` into `exchange` while the app wants more, then stops. With
+/// a `budget`, a body that grows past it ends the exchange as if the client
+/// had left: the app receives `http.disconnect` and the client gets 413.
+pub async fn pump_request_body(
+    mut body: Incoming,
+    exchange: Arc<Exchange>,
+    mut budget: Option<BodyBudget>,
+) {
     loop {
         let wanted = std::future::poll_fn(|cx| exchange.poll_read_demand(cx)).await;
         if !wanted {
@@ -30,6 +37,11 @@ pub async fn pump_request_body(mut body: Incoming, exchange: Arc<Exchange>) {
             Some(Ok(frame)) => {
                 // Trailers are not passed to the app; ASGI has no message for them.
                 if let Ok(data) = frame.into_data() {
+                    if budget.as_mut().is_some_and(|b| !b.charge(data.len())) {
+                        tracing::debug!("request body over --limit-request-body");
+                        exchange.client_gone();
+                        return;
+                    }
                     exchange.push_request_data(data);
                 }
             }
@@ -65,7 +77,8 @@ pub struct StreamBody {
     write_limit: Option<u64>,
     written: u64,
     done: bool,
-    access: Option<AccessRecord>,
+    /// Boxed to keep the body small; hyper moves it around while writing.
+    access: Option<Box<AccessRecord>>,
 }
 
 impl ResponseBody {
@@ -85,7 +98,7 @@ impl ResponseBody {
             write_limit,
             written: 0,
             done: false,
-            access,
+            access: access.map(Box::new),
         })
     }
 }
@@ -140,14 +153,14 @@ impl StreamBody {
             Poll::Ready(None) => {
                 self.done = true;
                 if let Some(access) = self.access.take() {
-                    access.log(true);
+                    (*access).log(true);
                 }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(err))) => {
                 self.done = true;
                 if let Some(access) = self.access.take() {
-                    access.log(false);
+                    (*access).log(false);
                 }
                 Poll::Ready(Some(Err(err)))
             }
@@ -173,7 +186,7 @@ impl Drop for StreamBody {
         }
         let complete = complete || limit_reached;
         if let Some(access) = self.access.take() {
-            access.log(complete);
+            (*access).log(complete);
         }
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod access;
 pub mod body;
+pub mod defaults;
+pub mod limits;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, SERVER, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING, USER_AGENT,
+};
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -25,8 +30,11 @@ use crate::bridge::exchange::HeadOutcome;
 use crate::bridge::{Bridge, Event, Exchange, RequestHead};
 use crate::config::Config;
 use crate::health::{self, Health};
-use access::AccessRecord;
+use crate::proxy::{ProxyConfig, Resolved};
+use access::{AccessRecord, X_REQUEST_ID};
 use body::{pump_request_body, ResponseBody};
+use defaults::ResponseDefaults;
+use limits::{BodyBudget, Guarded, InFlight, Limits, Permit};
 
 /// Request bodies up to this size, with a known length and no
 /// `Expect: 100-continue`, are read whole before the app starts, so its
@@ -48,6 +56,14 @@ pub struct Shared {
     pub served: AtomicU64,
     /// Notified once when `served` reaches `max_requests`.
     pub recycle: Notify,
+    /// Access lines are JSON, with a request id.
+    pub access_json: bool,
+    /// Paths left out of the access log.
+    pub access_exclude: Vec<String>,
+    pub proxy: ProxyConfig,
+    pub limits: Limits,
+    pub in_flight: Arc<InFlight>,
+    pub response_defaults: ResponseDefaults,
 }
 
 impl Shared {
@@ -66,6 +82,12 @@ impl Shared {
             max_requests,
             served: AtomicU64::new(0),
             recycle: Notify::new(),
+            access_json: config.access_log_format == crate::cli::LogFormat::Json,
+            access_exclude: config.access_log_exclude.clone(),
+            proxy: config.proxy.clone(),
+            limits: config.limits.clone(),
+            in_flight: Arc::default(),
+            response_defaults: config.response_defaults.clone(),
         }
     }
 
@@ -77,6 +99,36 @@ impl Shared {
             self.recycle.notify_one();
         }
     }
+    /// Starts the access record for a request, or returns `None` when the
+    /// request is not logged.
+    fn access_record(
+        &self,
+        parts: &Parts,
+        resolved: &Resolved,
+        started: Instant,
+    ) -> Option<AccessRecord> {
+        if !self.access_log || self.access_exclude.iter().any(|p| p == parts.uri.path()) {
+            return None;
+        }
+        Some(AccessRecord {
+            client: resolved.client,
+            client_name: resolved
+                .overrides
+                .as_ref()
+                .and_then(|o| o.client_name.clone()),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            status: StatusCode::OK,
+            bytes: 0,
+            started,
+            user_agent: self
+                .access_json
+                .then(|| parts.headers.get(USER_AGENT).cloned())
+                .flatten(),
+            request_id: self.access_json.then(|| access::request_id(&parts.headers)),
+        })
+    }
 }
 
 /// Addresses of one connection; `None` on a Unix socket.
@@ -86,58 +138,90 @@ pub struct ConnInfo {
     pub server: Option<SocketAddr>,
 }
 
-/// Serves one request.
-pub async fn handle(
+/// Serves one request and keeps `guard` alive until its response body is
+/// dropped, which is when hyper has written it or the connection ended.
+pub async fn serve<G: Unpin>(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: ConnInfo,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let started = Instant::now();
-
-    if shared.health_path.as_deref() == Some(req.uri().path()) {
-        let response = health::respond(&shared.health, req.method());
-        if shared.access_log && shared.log_health_checks {
-            let record = AccessRecord {
-                client: conn.client,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-                status: response.status(),
-                bytes: 0,
-                started,
-            };
-            record.log(true);
+    guard: G,
+) -> Result<Response<Guarded<G>>, Infallible> {
+    let (mut response, permit, request_id) = handle(req, &shared, conn).await;
+    let headers = response.headers_mut();
+    shared.response_defaults.apply(headers);
+    if let Some(id) = request_id {
+        if !headers.contains_key(X_REQUEST_ID) {
+            headers.insert(X_REQUEST_ID, id);
         }
-        return Ok(response);
+    }
+    Ok(response.map(|body| Guarded::new(body, permit, guard)))
+}
+
+/// Serves one request: the response, the concurrency permit it holds, and
+/// the request id for the `x-request-id` header.
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
+    conn: ConnInfo,
+) -> (Response<ResponseBody>, Option<Permit>, Option<HeaderValue>) {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let resolved = shared.proxy.resolve(conn.client, &mut parts.headers);
+    let access = shared.access_record(&parts, &resolved, started);
+    let request_id = access.as_ref().and_then(|a| a.request_id.clone());
+    let early = |status, text, close, access| {
+        let response = server_response(status, text, close, access);
+        (response, None, request_id.clone())
+    };
+
+    // The health endpoint answers from atomics: no Python, no permit.
+    if shared.health_path.as_deref() == Some(parts.uri.path()) {
+        let response = health::respond(&shared.health, &parts.method);
+        if shared.log_health_checks {
+            if let Some(record) = access {
+                AccessRecord {
+                    status: response.status(),
+                    ..record
+                }
+                .log(true);
+            }
+        }
+        return (response, None, request_id);
     }
     shared.count_request();
+
+    // Over the limit, the 503 is sent from here, without running Python.
+    let permit = match shared.limits.concurrency {
+        None => None,
+        Some(limit) => match shared.in_flight.try_acquire(limit) {
+            Some(permit) => Some(permit),
+            None => {
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                return early(status, "Service Unavailable", false, access);
+            }
+        },
+    };
+    if let Some((status, text)) = limits::check_head(&shared.limits, &parts) {
+        return early(status, text, true, access);
+    }
 
     // NOTE: a request with both Content-Length and Transfer-Encoding never
     // reaches this point with both: hyper's parser drops Content-Length,
     // reads the chunked body and closes the connection after the response
     // (RFC 9112 §6.3 allows this or a 400). A 400 needs hyper to expose it.
-    let (parts, body) = req.into_parts();
     let is_head = parts.method == http::Method::HEAD;
-    let exchange = match start_body(&shared.bridge, &parts.headers, body).await {
+    let budget = shared.limits.request_body.map(BodyBudget::new);
+    let (budget, body_over_limit) = match budget {
+        Some((budget, flag)) => (Some(budget), Some(flag)),
+        None => (None, None),
+    };
+    let exchange = match start_body(&shared.bridge, &parts.headers, body, budget).await {
         Some(exchange) => exchange,
         None => {
-            return Ok(plain_response(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: incomplete body",
-                true,
-            ))
+            let status = StatusCode::BAD_REQUEST;
+            return early(status, "Bad Request: incomplete body", true, access);
         }
     };
-
-    let access = shared.access_log.then(|| AccessRecord {
-        client: conn.client,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        status: StatusCode::OK,
-        bytes: 0,
-        started,
-    });
 
     let headers = if parts.version == http::Version::HTTP_2 {
         with_host_first(parts.headers, &parts.uri)
@@ -150,9 +234,10 @@ pub async fn handle(
         uri: parts.uri,
         version: parts.version,
         headers,
-        client: conn.client,
+        client: resolved.client,
         server: conn.server,
-        scheme: "http",
+        scheme: resolved.http_scheme(),
+        overrides: resolved.overrides,
     };
     shared
         .bridge
@@ -193,23 +278,35 @@ pub async fn handle(
             *response.headers_mut() = headers;
             response
         }
+        // Acquire pairs with the Release store in `BodyBudget::charge`.
+        HeadOutcome::Failed if body_over_limit.is_some_and(|flag| flag.load(Ordering::Acquire)) => {
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            server_response(status, "Content Too Large", true, access)
+        }
         HeadOutcome::Failed => {
-            let response = plain_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                false,
-            );
-            if let Some(record) = access {
-                AccessRecord {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    ..record
-                }
-                .log(true);
-            }
-            response
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            server_response(status, "Internal Server Error", false, access)
         }
     };
-    Ok(response)
+    (response, permit, request_id)
+}
+
+/// Builds a response made by the server itself and logs it in the access log.
+fn server_response(
+    status: StatusCode,
+    text: &'static str,
+    close: bool,
+    access: Option<AccessRecord>,
+) -> Response<ResponseBody> {
+    if let Some(record) = access {
+        AccessRecord {
+            status,
+            bytes: text.len() as u64,
+            ..record
+        }
+        .log(true);
+    }
+    plain_response(status, text, close)
 }
 
 /// Creates the exchange for a request, reading a small body up front.
@@ -218,6 +315,7 @@ async fn start_body(
     bridge: &Arc<Bridge>,
     headers: &http::HeaderMap,
     body: Incoming,
+    budget: Option<BodyBudget>,
 ) -> Option<Arc<Exchange>> {
     if body.is_end_stream() {
         return Some(Exchange::with_body(Arc::clone(bridge), Bytes::new()));
@@ -239,7 +337,10 @@ async fn start_body(
     }
 
     let exchange = Exchange::new(Arc::clone(bridge));
-    tokio::spawn(pump_request_body(body, Arc::clone(&exchange)));
+    // A body of known length was checked against the limit already, and
+    // hyper stops at its length; only a chunked body needs the budget.
+    let budget = budget.filter(|_| body.size_hint().exact().is_none());
+    tokio::spawn(pump_request_body(body, Arc::clone(&exchange), budget));
     Some(exchange)
 }
 
@@ -282,7 +383,6 @@ pub fn plain_response(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(SERVER, HeaderValue::from_static("fastserve"));
     if close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, SERVER};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
@@ -31,9 +31,6 @@ thread_local! {
     /// itself then, so `send` schedules no flush of its own.
     pub static DISPATCHING: Cell<bool> = const { Cell::new(false) };
 }
-
-/// Value of the `server` header added when the app sets none.
-const SERVER_HEADER: HeaderValue = HeaderValue::from_static("fastserve");
 
 /// The ASGI side of one HTTP exchange. Its `receive` and `send` methods are
 /// what the app gets; calling the object itself is the task's done callback.
@@ -87,7 +84,9 @@ impl HttpCycle {
             }
         }
 
-        if !failed && !self.started {
+        // An app may return without a response once the client has gone,
+        // for example after a body over --limit-request-body.
+        if !failed && !self.started && !self.exchange.is_disconnected() {
             tracing::error!("ASGI callable returned without sending http.response.start");
         } else if !failed && !self.finished && !self.exchange.is_disconnected() {
             tracing::error!("ASGI callable returned without completing the response");
@@ -269,7 +268,7 @@ pub fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_
 }
 
 /// Converts ASGI response headers (an iterable of `[name, value]` byte
-/// pairs) and adds `server: fastserve` when the app sets no `server`.
+/// pairs). The server's default headers are added on the tokio side.
 fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
     let mut map = HeaderMap::new();
     for pair in headers.try_iter()? {
@@ -296,9 +295,6 @@ fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
             ))
         })?;
         map.append(name, value);
-    }
-    if !map.contains_key(SERVER) {
-        map.insert(SERVER, SERVER_HEADER);
     }
     Ok(map)
 }

@@ -42,8 +42,14 @@ pub fn build_http_scope<'py>(
     scope.set_item(intern!(py, "method"), method(py, &head.method))?;
     scope.set_item(intern!(py, "scheme"), head.scheme)?;
 
+    let overrides = head.overrides.as_deref();
     let raw_path = head.uri.path().as_bytes();
-    let root_path = defaults.root_path.bind(py);
+    let forwarded_root = overrides.and_then(|o| o.root_path.as_deref());
+    let root_path = match forwarded_root {
+        Some(prefix) => PyString::new(py, prefix),
+        None => defaults.root_path.bind(py).clone(),
+    };
+    let root_path = &root_path;
     scope.set_item(intern!(py, "path"), full_path(py, root_path, raw_path)?)?;
     scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
     let query = head.uri.query().unwrap_or("").as_bytes();
@@ -51,8 +57,14 @@ pub fn build_http_scope<'py>(
     scope.set_item(intern!(py, "root_path"), root_path)?;
 
     scope.set_item(intern!(py, "headers"), header_list(py, &head.headers)?)?;
-    scope.set_item(intern!(py, "client"), address(py, head.client)?)?;
-    scope.set_item(intern!(py, "server"), address(py, head.server)?)?;
+    match overrides.and_then(|o| o.client_name.as_deref()) {
+        Some(name) => scope.set_item(intern!(py, "client"), (name, 0u16))?,
+        None => scope.set_item(intern!(py, "client"), address(py, head.client)?)?,
+    }
+    match overrides.and_then(|o| o.server.as_ref()) {
+        Some((host, port)) => scope.set_item(intern!(py, "server"), (host.as_str(), *port))?,
+        None => scope.set_item(intern!(py, "server"), address(py, head.server)?)?,
+    }
     if let Some(state) = &defaults.state {
         scope.set_item(intern!(py, "state"), state.bind(py).copy()?)?;
     }

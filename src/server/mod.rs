@@ -6,6 +6,7 @@
 //! what is left so the app sees `http.disconnect`.
 
 pub mod listener;
+pub mod watchdog;
 
 use std::io;
 use std::sync::Arc;
@@ -23,13 +24,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::http::{handle, ConnInfo, Shared};
+use crate::http::limits::Limits;
+use crate::http::{ConnInfo, Shared};
 use listener::BoundSocket;
-
-/// Largest request head (request line and headers) accepted. Longer heads
-/// get 431, or 414 for a long request line. 64 KiB is four times what
-/// uvicorn's h11 backend allows and far above what browsers send.
-pub const MAX_HEAD_SIZE: usize = 64 * 1024;
+use watchdog::{Activity, Timeouts, Watched};
 
 /// Pause after a failed `accept()` (for example when out of file
 /// descriptors), so the loop does not spin while the condition lasts.
@@ -63,6 +61,10 @@ pub async fn serve(
     };
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT])?;
     let builder = Arc::new(connection_builder(config));
+    let timeouts = Timeouts {
+        keep_alive: config.timeout_keep_alive,
+        header_read: config.timeout_header_read,
+    };
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
 
@@ -78,7 +80,10 @@ pub async fn serve(
         };
         tokio::select! {
             accepted = accept(&listener) => match accepted {
-                Ok(accepted) => accepted.spawn(&mut connections, &builder, &graceful, &shared),
+                Ok(accepted) => {
+                    let watch = (Activity::new(), timeouts);
+                    accepted.spawn(&mut connections, &builder, &graceful, &shared, watch);
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -148,12 +153,18 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        // hyper starts this timer whenever it waits for a request head, so
-        // it bounds both idle keep-alive time and slow header sending.
-        .header_read_timeout(config.timeout_keep_alive)
+        // The watchdog applies the keep-alive and header-read timeouts;
+        // hyper's own timer would count idle time as header time.
+        .header_read_timeout(None)
         .keep_alive(true)
-        .max_buf_size(MAX_HEAD_SIZE);
-    builder.http2().timer(TokioTimer::new());
+        .auto_date_header(config.date_header)
+        // hyper answers 431 when a head fills its read buffer. hyper-util's
+        // auto builder does not expose hyper's `max_header_size`.
+        .max_buf_size(config.limits.header_size.max(Limits::MIN_HEADER_SIZE));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .auto_date_header(config.date_header);
     builder
 }
 
@@ -185,17 +196,20 @@ impl Accepted {
         builder: &Arc<auto::Builder<TokioExecutor>>,
         graceful: &GracefulShutdown,
         shared: &Arc<Shared>,
+        (activity, timeouts): (Arc<Activity>, Timeouts),
     ) {
         match self {
             Self::Tcp(stream, info) => {
-                serve_connection(connections, builder, graceful, shared, stream, info)
+                let io = Watched::new(stream, Arc::clone(&activity), timeouts);
+                serve_connection(connections, builder, graceful, shared, io, info, activity)
             }
             Self::Unix(stream) => {
                 let info = ConnInfo {
                     client: None,
                     server: None,
                 };
-                serve_connection(connections, builder, graceful, shared, stream, info);
+                let io = Watched::new(stream, Arc::clone(&activity), timeouts);
+                serve_connection(connections, builder, graceful, shared, io, info, activity);
             }
         }
     }
@@ -208,11 +222,15 @@ fn serve_connection<I>(
     shared: &Arc<Shared>,
     io: I,
     info: ConnInfo,
+    activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(shared);
-    let service = service_fn(move |req| handle(req, Arc::clone(&shared), info));
+    let service = service_fn(move |req| {
+        let request = activity.begin_request();
+        crate::http::serve(req, Arc::clone(&shared), info, request)
+    });
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
