@@ -1,10 +1,22 @@
-"""The app fastserve serves when no APP is given: plain ASGI, no imports beyond the standard library."""
+"""The app fastserve serves when no APP is given.
+
+Plain ASGI with nothing beyond the standard library, so it runs in any
+environment.
+"""
 
 import json
 import platform
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Message = dict[str, Any]
 
 
-async def app(scope, receive, send):
+async def app(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
     """Answer ``GET /`` with a JSON greeting and anything else with 404."""
     if scope["type"] != "http":
         return

@@ -12,7 +12,8 @@ import importlib
 import inspect
 import sys
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Version of the lifespan sub-specification implemented here.
 LIFESPAN_SPEC_VERSION = "2.0"
@@ -94,7 +95,7 @@ class Lifespan:
     answers the startup event is served without lifespan, as uvicorn does.
     """
 
-    def __init__(self, app: Callable[..., Any], mode: str, log: Callable[[str, str], None]):
+    def __init__(self, app: Callable[..., Any], mode: str, log: Callable[[str, str], None]) -> None:
         self.app = app
         self.mode = mode
         self.log = log
@@ -141,7 +142,7 @@ class Lifespan:
         except BaseException as exc:  # noqa: BLE001 - any failure of the app is reported
             if not self._startup_done.is_set() and self.mode == "auto":
                 self.supported = False
-                self.log("info", "the app does not support the lifespan protocol; serving without it")
+                self.log("info", "the app does not support lifespan, serving without it")
             elif not self._startup_done.is_set():
                 self._failure = f"the app raised in the lifespan protocol:\n{format_exception(exc)}"
             else:

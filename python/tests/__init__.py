@@ -1,0 +1,1 @@
+"""Tests of the `fastserve` Python package (python/fastserve)."""
