@@ -133,6 +133,72 @@ pub struct Cli {
     )]
     pub timeout_graceful_shutdown: f64,
 
+    /// WebSocket support: `auto` serves WebSocket upgrades; `none` passes upgrade
+    /// requests to the app as plain HTTP. uvicorn's `websockets`, `websockets-sansio`
+    /// and `wsproto` mean `auto`.
+    #[arg(
+        long,
+        value_enum,
+        env = "FASTSERVE_WS",
+        default_value_t = WsMode::Auto,
+        help_heading = "WebSockets"
+    )]
+    pub ws: WsMode,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the
+    /// connection with code 1009.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FASTSERVE_WS_MAX_SIZE",
+        default_value_t = 16 * 1024 * 1024,
+        help_heading = "WebSockets"
+    )]
+    pub ws_max_size: usize,
+
+    /// Received WebSocket messages queued for the app before the server stops
+    /// reading from that client.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_WS_MAX_QUEUE",
+        default_value_t = 32,
+        help_heading = "WebSockets"
+    )]
+    pub ws_max_queue: usize,
+
+    /// Seconds between WebSocket pings sent to each client; 0 sends none.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_WS_PING_INTERVAL",
+        default_value_t = 20.0,
+        help_heading = "WebSockets"
+    )]
+    pub ws_ping_interval: f64,
+
+    /// Seconds to wait for the pong to a ping before closing the connection
+    /// with code 1011; 0 waits forever.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_WS_PING_TIMEOUT",
+        default_value_t = 20.0,
+        help_heading = "WebSockets"
+    )]
+    pub ws_ping_timeout: f64,
+
+    /// Offer permessage-deflate compression (RFC 7692) to WebSocket clients.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "FASTSERVE_WS_PER_MESSAGE_DEFLATE",
+        action = clap::ArgAction::Set,
+        default_value_t = true,
+        help_heading = "WebSockets"
+    )]
+    pub ws_per_message_deflate: bool,
+
     /// Minimum level of log lines written to stderr.
     #[arg(
         long,
@@ -179,6 +245,16 @@ pub enum LoopKind {
     Uvloop,
 }
 
+/// Whether WebSocket upgrade requests are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WsMode {
+    /// Serve WebSockets.
+    #[value(alias = "websockets", alias = "websockets-sansio", alias = "wsproto")]
+    Auto,
+    /// Pass upgrade requests to the app as plain HTTP requests.
+    None,
+}
+
 /// Log levels with uvicorn's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -215,6 +291,23 @@ mod tests {
         let cli = Cli::parse_from(["fastserve", "--loop", "asyncio", "app:app"]);
         assert_eq!(cli.event_loop, LoopKind::Asyncio);
         assert_eq!(cli.app.as_deref(), Some("app:app"));
+    }
+
+    #[test]
+    fn ws_accepts_uvicorn_implementation_names() {
+        for name in ["auto", "websockets", "websockets-sansio", "wsproto"] {
+            let cli = Cli::parse_from(["fastserve", "--ws", name]);
+            assert_eq!(cli.ws, WsMode::Auto, "{name}");
+        }
+        let cli = Cli::parse_from(["fastserve", "--ws", "none"]);
+        assert_eq!(cli.ws, WsMode::None);
+    }
+
+    #[test]
+    fn ws_per_message_deflate_takes_a_value() {
+        let cli = Cli::parse_from(["fastserve", "--ws-per-message-deflate", "false"]);
+        assert!(!cli.ws_per_message_deflate);
+        assert!(Cli::parse_from(["fastserve"]).ws_per_message_deflate);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, LifespanMode, LogLevel, LoopKind};
+use crate::cli::{Cli, LifespanMode, LogLevel, LoopKind, WsMode};
 
 /// Port used when neither `--port`, `FASTSERVE_PORT` nor `PORT` is set. 8080
 /// is what container platforms (Cloud Run, Knative, most Helm charts) expect.
@@ -35,6 +35,9 @@ pub enum ConfigError {
 
     #[error("invalid --fd {value}: expected a file descriptor number, 3 or more")]
     InvalidFd { value: i32 },
+
+    #[error("invalid {option} 0: expected 1 or more")]
+    ZeroLimit { option: &'static str },
 }
 
 /// Where the application comes from.
@@ -98,6 +101,49 @@ pub enum BindTarget {
     Fd(i32),
 }
 
+/// WebSocket settings; see the `--ws-*` options in [`crate::cli`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketConfig {
+    /// Largest message accepted, in bytes.
+    pub max_size: usize,
+    /// Received messages queued for the app before reading pauses.
+    pub max_queue: usize,
+    /// Time between pings; `None` sends none.
+    pub ping_interval: Option<Duration>,
+    /// Time to wait for a pong; `None` waits forever.
+    pub ping_timeout: Option<Duration>,
+    /// Whether permessage-deflate is offered.
+    pub per_message_deflate: bool,
+}
+
+impl WebSocketConfig {
+    fn from_cli(cli: &Cli) -> Result<Option<Self>, ConfigError> {
+        if cli.ws == WsMode::None {
+            return Ok(None);
+        }
+        if cli.ws_max_size == 0 {
+            return Err(ConfigError::ZeroLimit {
+                option: "--ws-max-size",
+            });
+        }
+        if cli.ws_max_queue == 0 {
+            return Err(ConfigError::ZeroLimit {
+                option: "--ws-max-queue",
+            });
+        }
+        let optional = |option, value| {
+            seconds(option, value).map(|duration| (!duration.is_zero()).then_some(duration))
+        };
+        Ok(Some(Self {
+            max_size: cli.ws_max_size,
+            max_queue: cli.ws_max_queue,
+            ping_interval: optional("--ws-ping-interval", cli.ws_ping_interval)?,
+            ping_timeout: optional("--ws-ping-timeout", cli.ws_ping_timeout)?,
+            per_message_deflate: cli.ws_per_message_deflate,
+        }))
+    }
+}
+
 /// Everything the server needs, checked once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,12 +159,15 @@ pub struct Config {
     pub timeout_graceful_shutdown: Duration,
     pub log_level: LogLevel,
     pub access_log: bool,
+    /// `None` with `--ws none`.
+    pub websocket: Option<WebSocketConfig>,
 }
 
 impl Config {
     /// Validates the command line. `port_env` is the value of `PORT`, read
     /// by the caller so that this stays a pure function.
     pub fn from_cli(cli: Cli, port_env: Option<String>) -> Result<Self, ConfigError> {
+        let websocket = WebSocketConfig::from_cli(&cli)?;
         let app = match cli.app.as_deref() {
             None | Some("") => AppSource::Demo,
             Some(value) => AppSource::parse(value)?,
@@ -154,6 +203,7 @@ impl Config {
             )?,
             log_level: cli.log_level,
             access_log,
+            websocket,
         })
     }
 }
@@ -269,6 +319,28 @@ mod tests {
             config(&["--uds", "/tmp/s", "--fd", "3"], None),
             Err(ConfigError::ConflictingSockets)
         ));
+    }
+
+    #[test]
+    fn websocket_defaults_match_uvicorn() {
+        let ws = config(&[], None).unwrap().websocket.unwrap();
+        assert_eq!(ws.max_size, 16 * 1024 * 1024);
+        assert_eq!(ws.max_queue, 32);
+        assert_eq!(ws.ping_interval, Some(Duration::from_secs(20)));
+        assert_eq!(ws.ping_timeout, Some(Duration::from_secs(20)));
+        assert!(ws.per_message_deflate);
+    }
+
+    #[test]
+    fn websocket_off_and_zero_ping() {
+        assert!(config(&["--ws", "none"], None).unwrap().websocket.is_none());
+        let ws = config(&["--ws-ping-interval", "0"], None)
+            .unwrap()
+            .websocket
+            .unwrap();
+        assert_eq!(ws.ping_interval, None);
+        let err = config(&["--ws-max-queue", "0"], None).unwrap_err();
+        assert!(err.to_string().contains("--ws-max-queue"), "{err}");
     }
 
     #[test]
