@@ -92,6 +92,7 @@ fn run(config: &Config) -> Result<(), u8> {
     let shared = Arc::new(http::Shared {
         bridge,
         access_log: config.access_log,
+        websocket: config.websocket.clone().map(http::websocket::Endpoint::new),
     });
     tracing::info!("listening on {}", socket.describe());
     let outcome = runtime

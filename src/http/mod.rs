@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod body;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +35,8 @@ const PREFETCH_LIMIT: u64 = 64 * 1024;
 pub struct Shared {
     pub bridge: Arc<Bridge>,
     pub access_log: bool,
+    /// `None` with `--ws none`: upgrade requests reach the app as plain HTTP.
+    pub websocket: Option<websocket::Endpoint>,
 }
 
 /// Addresses of one connection; `None` on a Unix socket.
@@ -50,6 +53,11 @@ pub async fn handle(
     conn: ConnInfo,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    if let Some(endpoint) = &shared.websocket {
+        if websocket::is_upgrade(&req) {
+            return Ok(websocket::handle(req, &shared, endpoint, conn).await);
+        }
+    }
 
     // NOTE: a request with both Content-Length and Transfer-Encoding never
     // reaches this point with both: hyper's parser drops Content-Length,

@@ -10,6 +10,7 @@ mod dispatch;
 mod http;
 mod interpreter;
 mod scope;
+mod websocket;
 
 use std::ffi::CString;
 use std::sync::mpsc;

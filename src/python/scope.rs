@@ -59,7 +59,7 @@ pub fn build_http_scope<'py>(
     Ok(scope)
 }
 
-fn asgi_versions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+pub(super) fn asgi_versions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     // A fresh dict per scope: an app that changes it affects only itself.
     let asgi = PyDict::new(py);
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
@@ -91,7 +91,7 @@ fn method<'py>(py: Python<'py>, method: &Method) -> Bound<'py, PyString> {
 
 /// `root_path` followed by the percent-decoded path. Bytes that do not decode
 /// as UTF-8 become U+FFFD, as `urllib.parse.unquote` does in uvicorn.
-fn full_path<'py>(
+pub(super) fn full_path<'py>(
     py: Python<'py>,
     root_path: &Bound<'py, PyString>,
     raw_path: &[u8],
@@ -104,7 +104,10 @@ fn full_path<'py>(
     Ok(PyString::new(py, &format!("{root}{decoded}")))
 }
 
-fn header_list<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Bound<'py, PyList>> {
+pub(super) fn header_list<'py>(
+    py: Python<'py>,
+    headers: &http::HeaderMap,
+) -> PyResult<Bound<'py, PyList>> {
     let items = headers.iter().map(|(name, value)| {
         PyTuple::new(
             py,
@@ -118,7 +121,7 @@ fn header_list<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Boun
     PyList::new(py, items?)
 }
 
-fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Py<PyAny>> {
+pub(super) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Py<PyAny>> {
     match addr {
         None => Ok(py.None()),
         Some(addr) => {
