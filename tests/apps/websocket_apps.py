@@ -130,6 +130,18 @@ async def record_disconnect(websocket: WebSocket) -> None:
         record(f"{name}-finally", {"ran": True})
 
 
+@app.websocket("/slow-accept")
+async def slow_accept(websocket: WebSocket) -> None:
+    """Accept after `delay` seconds, then echo until the client leaves."""
+    await asyncio.sleep(float(websocket.query_params["delay"]))
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+
 @app.websocket("/stream")
 async def stream(websocket: WebSocket) -> None:
     """Send `count` messages of `size` bytes as fast as `send()` allows, then close."""

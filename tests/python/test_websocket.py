@@ -16,6 +16,7 @@ is the reference. Known differences, asserted in the tests that show them:
 import asyncio
 import json
 import signal
+import threading
 import time
 from typing import Any
 
@@ -372,6 +373,28 @@ def test_sigterm_closes_open_websocket_with_1001(
     assert time.monotonic() - started < graceful_s
     assert read_record(record_dir, "drained")["code"] == 1001
     assert read_record(record_dir, "drained-finally") == {"ran": True}
+
+
+@pytest.mark.uvicorn_differs(reason="uvicorn closes open WebSockets with 1012 on shutdown")
+def test_sigterm_during_handshake_closes_after_accept(kind: str, launch: Launch) -> None:
+    graceful_s = 5.0
+    server = launch(kind, APP, "--timeout-graceful-shutdown", str(graceful_s))
+    client = raw_socket(server)
+    started = time.monotonic()
+
+    # The app accepts 0.5 s after the handshake arrives; SIGTERM comes first.
+    handshake = threading.Thread(target=client.handshake, args=("/slow-accept?delay=0.5",))
+    handshake.start()
+    time.sleep(0.2)
+    server.signal(signal.SIGTERM)
+    handshake.join(timeout=RECV_TIMEOUT_S)
+
+    assert client.status == 101
+    assert client.read_until_close().close_code() == 1001
+    assert time.monotonic() - started < graceful_s
+    client.send_frame(0x8, b"\x03\xe9")
+    client.close()
+    assert server.wait(timeout=graceful_s + 5) == 0
 
 
 @pytest.mark.fastserve_only

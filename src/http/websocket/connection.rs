@@ -96,10 +96,27 @@ pub async fn run(
         .ping_interval
         .map_or(far, |every| Instant::now() + every);
     let mut deadline = far;
-    let mut draining = false;
+    let mut drop_now = false;
+    // The sender lives as long as the registry; once it is gone no drain
+    // can come.
+    let mut drain_open = true;
+
+    // A drain that started while the app decided on the handshake was
+    // marked seen when this session subscribed: act on it now.
+    match *drain.borrow_and_update() {
+        Drain::Close(code) => {
+            conn.queue_close(code, SHUTDOWN_REASON);
+            deadline = Instant::now() + CLOSE_TIMEOUT;
+        }
+        Drain::Abort => drop_now = true,
+        Drain::Serving => {}
+    }
 
     // The closing handshake ends the loop with the code the app receives.
     let (code, reason) = loop {
+        if drop_now {
+            break (CLOSE_ABNORMAL, String::new());
+        }
         tokio::select! {
             step = poll_fn(|cx| conn.poll_step(cx)) => match step {
                 Step::PeerClosed { code, reason } => {
@@ -118,19 +135,23 @@ pub async fn run(
                 }
                 Step::Dropped => break (CLOSE_ABNORMAL, String::new()),
             },
-            changed = drain.changed(), if !draining => {
-                draining = changed.is_err() || *drain.borrow_and_update() != Drain::Serving;
-                match *drain.borrow() {
+            changed = drain.changed(), if drain_open => {
+                if changed.is_err() {
+                    drain_open = false;
+                    continue;
+                }
+                // After Close, watch on: Abort follows at the graceful timeout.
+                match *drain.borrow_and_update() {
                     Drain::Close(code) => {
                         conn.queue_close(code, SHUTDOWN_REASON);
-                        deadline = Instant::now() + CLOSE_TIMEOUT;
+                        deadline = deadline.min(Instant::now() + CLOSE_TIMEOUT);
                     }
                     Drain::Abort => break (CLOSE_ABNORMAL, String::new()),
                     Drain::Serving => {}
                 }
             },
             () = sleep_until(next_ping) => {
-                if !conn.awaiting_pong && !conn.close_sent {
+                if !conn.awaiting_pong && !conn.is_closing() {
                     conn.control.push(Frame::ping(bytes::Bytes::new()));
                     conn.awaiting_pong = true;
                     if let Some(timeout) = config.ping_timeout {
@@ -140,7 +161,7 @@ pub async fn run(
                 next_ping = config.ping_interval.map_or(far, |every| Instant::now() + every);
             },
             () = sleep_until(deadline) => {
-                if conn.close_sent {
+                if conn.is_closing() {
                     // The client never replied to our close frame.
                     break (CLOSE_ABNORMAL, String::new());
                 }
@@ -155,7 +176,7 @@ pub async fn run(
             },
         }
         // A pong that arrived cancels the ping deadline.
-        if !conn.awaiting_pong && !conn.close_sent && deadline != far {
+        if !conn.awaiting_pong && !conn.is_closing() && deadline != far {
             deadline = far;
         }
     };
@@ -240,7 +261,7 @@ impl Connection {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         loop {
             // Past the queue limit, stop reading until the app catches up;
-            // after our close frame, read on to get the client's answer.
+            // after our close frame, read on to get the client's reply.
             if !self.close_sent && self.session.poll_read_room(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -288,15 +309,20 @@ impl Connection {
         }
     }
 
+    /// Returns whether our close frame is sent or queued.
+    fn is_closing(&self) -> bool {
+        self.close_sent || self.control.iter().any(|f| f.opcode() == OpCode::Close)
+    }
+
     fn queue_close(&mut self, code: u16, reason: &str) {
-        if self.close_sent || self.control.iter().any(|f| f.opcode() == OpCode::Close) {
+        if self.is_closing() {
             return;
         }
         self.control
             .push(Frame::close(CloseCode::from(code), reason));
     }
 
-    /// Flushes the close frame yawc queued in answer to the client's, then
+    /// Flushes the close frame yawc queued in reply to the client's, then
     /// returns; dropping the connection closes the TCP stream.
     async fn flush_echo(&mut self) {
         let flushed = poll_fn(|cx| {
@@ -319,7 +345,7 @@ fn to_frame(outgoing: Outgoing) -> Frame {
     }
 }
 
-/// The step for an error from yawc's frame reader. yawc has queued a close
+/// Maps an error from yawc's frame reader to a step. yawc has queued a close
 /// frame for protocol errors, and the app receives the code it chose.
 fn frame_error(err: &WebSocketError) -> Step {
     match err {
