@@ -11,6 +11,7 @@ mod http;
 mod interpreter;
 mod scope;
 mod websocket;
+mod websocket_message;
 
 use std::ffi::CString;
 use std::sync::mpsc;

@@ -1,5 +1,5 @@
-//! The ASGI `websocket` scope and its `receive` and `send`, as the ASGI
-//! HTTP & WebSocket spec 2.5 defines them.
+//! `receive` and `send` for one WebSocket session, as the ASGI HTTP &
+//! WebSocket spec 2.5 defines them.
 //!
 //! `receive()` returns an already-complete awaitable when a message is
 //! queued and parks an asyncio future on the [`Session`] otherwise. `send()`
@@ -8,20 +8,20 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
-use http::{HeaderMap, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyString};
 
 use super::awaitable::Ready;
 use super::dispatch::{context, describe, Context};
-use super::scope::{address, asgi_versions, full_path, header_list};
+use super::scope::build_websocket_scope;
+use super::websocket_message::{
+    parse_accept, parse_close, parse_denial_body, parse_denial_start, parse_send, received_message,
+};
 use crate::bridge::exchange::WaitKind;
 use crate::bridge::session::{
-    Handshake, Message, Outgoing, ParkedSession, Received, SendOutcome, Session, WebSocketHead,
-    CLOSE_NORMAL,
+    Handshake, Outgoing, ParkedSession, SendOutcome, Session, WebSocketHead,
 };
 
 /// The ASGI side of one WebSocket session. Its `receive` and `send` methods
@@ -48,7 +48,7 @@ pub fn start_session(py: Python<'_>, ctx: &Context, head: WebSocketHead) -> PyRe
     )?;
 
     let started = (|| {
-        let scope = build_scope(py, ctx, &head)?;
+        let scope = build_websocket_scope(py, &ctx.scope_defaults, &head)?;
         let receive = cycle.getattr(intern!(py, "receive"))?;
         let send = cycle.getattr(intern!(py, "send"))?;
         let coro = ctx.app.bind(py).call1((scope, receive, send))?;
@@ -112,55 +112,6 @@ pub fn wake(py: Python<'_>, ctx: &Context, parked: ParkedSession) -> PyResult<()
     Ok(())
 }
 
-fn build_scope<'py>(
-    py: Python<'py>,
-    ctx: &Context,
-    head: &WebSocketHead,
-) -> PyResult<Bound<'py, PyDict>> {
-    let defaults = &ctx.scope_defaults;
-    let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
-    scope.set_item(intern!(py, "asgi"), asgi_versions(py)?)?;
-    scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
-    scope.set_item(intern!(py, "scheme"), head.scheme)?;
-
-    let raw_path = head.uri.path().as_bytes();
-    let root_path = defaults.root_path.bind(py);
-    scope.set_item(intern!(py, "path"), full_path(py, root_path, raw_path)?)?;
-    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
-    let query = head.uri.query().unwrap_or("").as_bytes();
-    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query))?;
-    scope.set_item(intern!(py, "root_path"), root_path)?;
-
-    scope.set_item(intern!(py, "headers"), header_list(py, &head.headers)?)?;
-    scope.set_item(intern!(py, "client"), address(py, head.client)?)?;
-    scope.set_item(intern!(py, "server"), address(py, head.server)?)?;
-    scope.set_item(
-        intern!(py, "subprotocols"),
-        subprotocols(py, &head.headers)?,
-    )?;
-    if let Some(state) = &defaults.state {
-        scope.set_item(intern!(py, "state"), state.bind(py).copy()?)?;
-    }
-    let extensions = PyDict::new(py);
-    extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
-    scope.set_item(intern!(py, "extensions"), extensions)?;
-    Ok(scope)
-}
-
-/// Lists the subprotocols the client offered, in order, from every
-/// `Sec-WebSocket-Protocol` header.
-fn subprotocols<'py>(py: Python<'py>, headers: &HeaderMap) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            list.append(token)?;
-        }
-    }
-    Ok(list)
-}
-
 impl WebSocketCycle {
     fn finish(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let ctx = context(py);
@@ -194,32 +145,12 @@ impl WebSocketCycle {
 
     /// Handles one `send()` message; returns how it was queued.
     fn dispatch(&mut self, kind: &str, message: &Bound<'_, PyDict>) -> PyResult<SendOutcome> {
-        let py = message.py();
         match kind {
             "websocket.accept" if !self.answered => {
-                let subprotocol = match message.get_item(intern!(py, "subprotocol"))? {
-                    Some(value) if !value.is_none() => {
-                        Some(value.extract::<String>().map_err(|_| {
-                            PyTypeError::new_err(
-                                "invalid websocket.accept: 'subprotocol' must be a str",
-                            )
-                        })?)
-                    }
-                    _ => None,
-                };
-                let headers = match message.get_item(intern!(py, "headers"))? {
-                    Some(headers) => convert_headers(&headers, "websocket.accept")?,
-                    None => HeaderMap::new(),
-                };
+                let accept = parse_accept(message)?;
                 self.answered = true;
                 self.accepted = true;
-                answer(
-                    &self.session,
-                    Handshake::Accept {
-                        subprotocol,
-                        headers,
-                    },
-                )?;
+                answer(&self.session, accept)?;
                 Ok(SendOutcome::Accepted)
             }
             "websocket.close" if !self.answered => {
@@ -228,23 +159,7 @@ impl WebSocketCycle {
                 Ok(SendOutcome::Accepted)
             }
             "websocket.http.response.start" if !self.answered => {
-                let status = message
-                    .get_item(intern!(py, "status"))?
-                    .ok_or_else(|| {
-                        PyRuntimeError::new_err("invalid websocket.http.response.start: 'status' is missing")
-                    })?
-                    .extract::<u16>()
-                    .ok()
-                    .and_then(|code| StatusCode::from_u16(code).ok())
-                    .ok_or_else(|| {
-                        PyTypeError::new_err(
-                            "invalid websocket.http.response.start: 'status' must be an int from 100 to 999",
-                        )
-                    })?;
-                let headers = match message.get_item(intern!(py, "headers"))? {
-                    Some(headers) => convert_headers(&headers, "websocket.http.response.start")?,
-                    None => HeaderMap::new(),
-                };
+                let (status, headers) = parse_denial_start(message)?;
                 self.answered = true;
                 self.session
                     .start_denial(status, headers)
@@ -252,45 +167,17 @@ impl WebSocketCycle {
                 Ok(SendOutcome::Accepted)
             }
             "websocket.http.response.body" if self.session.denial_started() => {
-                let body = optional_bytes(message, "body")?.unwrap_or_default();
-                let more_body = match message.get_item(intern!(py, "more_body"))? {
-                    Some(more) => more.is_truthy()?,
-                    None => false,
-                };
+                let (body, more_body) = parse_denial_body(message)?;
                 self.session.denial_body(&body, more_body);
                 Ok(SendOutcome::Accepted)
             }
             "websocket.send" if self.accepted => {
-                let text = message
-                    .get_item(intern!(py, "text"))?
-                    .filter(|v| !v.is_none());
-                let data = match text {
-                    Some(text) => Message::Text(text.extract::<String>().map_err(|_| {
-                        PyTypeError::new_err("invalid websocket.send: 'text' must be a str")
-                    })?),
-                    None => match optional_bytes(message, "bytes")? {
-                        Some(data) => Message::Binary(data.into()),
-                        None => {
-                            return Err(PyRuntimeError::new_err(
-                                "invalid websocket.send: expected 'text' or 'bytes'",
-                            ))
-                        }
-                    },
-                };
+                let data = parse_send(message)?;
                 Ok(self.session.send(Outgoing::Message(data)))
             }
             "websocket.close" if self.accepted => {
-                let code = match message.get_item(intern!(py, "code"))? {
-                    Some(code) if !code.is_none() => code.extract::<u16>().map_err(|_| {
-                        PyTypeError::new_err("invalid websocket.close: 'code' must be an int")
-                    })?,
-                    _ => CLOSE_NORMAL,
-                };
-                let reason = match message.get_item(intern!(py, "reason"))? {
-                    Some(reason) if !reason.is_none() => reason.extract::<String>()?,
-                    _ => String::new(),
-                };
-                Ok(self.session.send(Outgoing::Close { code, reason }))
+                let close = parse_close(message)?;
+                Ok(self.session.send(close))
             }
             other => Err(PyRuntimeError::new_err(format!(
                 "unexpected ASGI message type {other:?} in a WebSocket session: expected {}",
@@ -378,65 +265,4 @@ fn already_answered(kind: &str) -> PyErr {
     PyRuntimeError::new_err(format!(
         "unexpected ASGI message {kind:?}: the app already responded to the WebSocket handshake"
     ))
-}
-
-/// Builds the `websocket.*` message dict for `received`.
-fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_, PyDict>> {
-    let message = PyDict::new(py);
-    match received {
-        Received::Connect => {
-            message.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
-        }
-        Received::Message(Message::Text(text)) => {
-            message.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
-            message.set_item(intern!(py, "text"), text)?;
-        }
-        Received::Message(Message::Binary(data)) => {
-            message.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
-            message.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?;
-        }
-        Received::Disconnect { code, reason } => {
-            message.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
-            message.set_item(intern!(py, "code"), code)?;
-            message.set_item(intern!(py, "reason"), reason)?;
-        }
-    }
-    Ok(message)
-}
-
-fn optional_bytes(message: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<Vec<u8>>> {
-    match message.get_item(key)? {
-        Some(value) if !value.is_none() => match value.cast::<PyBytes>() {
-            Ok(bytes) => Ok(Some(bytes.as_bytes().to_vec())),
-            Err(_) => value.extract::<Vec<u8>>().map(Some).map_err(|_| {
-                PyTypeError::new_err(format!("invalid ASGI message: {key:?} must be bytes"))
-            }),
-        },
-        _ => Ok(None),
-    }
-}
-
-/// Converts ASGI headers (an iterable of `[name, value]` byte pairs).
-fn convert_headers(headers: &Bound<'_, PyAny>, kind: &str) -> PyResult<HeaderMap> {
-    let mut map = HeaderMap::new();
-    for pair in headers.try_iter()? {
-        let (name, value): (Vec<u8>, Vec<u8>) = pair?.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "invalid header in {kind}: expected a [name, value] pair of bytes"
-            ))
-        })?;
-        let name = HeaderName::from_bytes(&name).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid header name {:?} in {kind}",
-                String::from_utf8_lossy(&name)
-            ))
-        })?;
-        let value = HeaderValue::from_bytes(&value).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid value for header {name:?} in {kind}: control characters are not allowed"
-            ))
-        })?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
