@@ -234,6 +234,71 @@ pub struct Cli {
     /// Write access log lines for health checks too.
     #[arg(long, env = "FASTSERVE_LOG_HEALTH_CHECKS", help_heading = "Health")]
     pub log_health_checks: bool,
+    /// WebSocket support: `auto` serves WebSocket upgrades; `none` passes upgrade
+    /// requests to the app as plain HTTP. uvicorn's `websockets`, `websockets-sansio`
+    /// and `wsproto` mean `auto`.
+    #[arg(
+        long,
+        value_enum,
+        env = "FASTSERVE_WS",
+        default_value_t = WsMode::Auto,
+        help_heading = "WebSockets"
+    )]
+    pub ws: WsMode,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the
+    /// connection with code 1009.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "FASTSERVE_WS_MAX_SIZE",
+        default_value_t = 16 * 1024 * 1024,
+        help_heading = "WebSockets"
+    )]
+    pub ws_max_size: usize,
+
+    /// Received WebSocket messages queued for the app before the server stops
+    /// reading from that client.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FASTSERVE_WS_MAX_QUEUE",
+        default_value_t = 32,
+        help_heading = "WebSockets"
+    )]
+    pub ws_max_queue: usize,
+
+    /// Seconds between WebSocket pings sent to each client; 0 sends none.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_WS_PING_INTERVAL",
+        default_value_t = 20.0,
+        help_heading = "WebSockets"
+    )]
+    pub ws_ping_interval: f64,
+
+    /// Seconds to wait for the pong to a ping before closing the connection
+    /// with code 1011; 0 waits forever.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "FASTSERVE_WS_PING_TIMEOUT",
+        default_value_t = 20.0,
+        help_heading = "WebSockets"
+    )]
+    pub ws_ping_timeout: f64,
+
+    /// Offer permessage-deflate compression (RFC 7692) to WebSocket clients.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "FASTSERVE_WS_PER_MESSAGE_DEFLATE",
+        action = clap::ArgAction::Set,
+        default_value_t = true,
+        help_heading = "WebSockets"
+    )]
+    pub ws_per_message_deflate: bool,
 
     /// Minimum level of log lines written to stderr.
     #[arg(
@@ -497,6 +562,16 @@ pub enum LoopKind {
     Uvloop,
 }
 
+/// Whether WebSocket upgrade requests are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WsMode {
+    /// Serve WebSockets.
+    #[value(alias = "websockets", alias = "websockets-sansio", alias = "wsproto")]
+    Auto,
+    /// Pass upgrade requests to the app as plain HTTP requests.
+    None,
+}
+
 /// Log levels with uvicorn's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -563,6 +638,23 @@ mod tests {
         assert!(cli.no_proxy_headers);
         let cli = Cli::parse_from(["fastserve", "--no-proxy-headers", "--proxy-headers"]);
         assert!(!cli.no_proxy_headers);
+    }
+
+    #[test]
+    fn ws_accepts_uvicorn_implementation_names() {
+        for name in ["auto", "websockets", "websockets-sansio", "wsproto"] {
+            let cli = Cli::parse_from(["fastserve", "--ws", name]);
+            assert_eq!(cli.ws, WsMode::Auto, "{name}");
+        }
+        let cli = Cli::parse_from(["fastserve", "--ws", "none"]);
+        assert_eq!(cli.ws, WsMode::None);
+    }
+
+    #[test]
+    fn ws_per_message_deflate_takes_a_value() {
+        let cli = Cli::parse_from(["fastserve", "--ws-per-message-deflate", "false"]);
+        assert!(!cli.ws_per_message_deflate);
+        assert!(Cli::parse_from(["fastserve"]).ws_per_message_deflate);
     }
 
     #[test]

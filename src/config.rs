@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, LifespanMode, LogFormat, LogLevel, LoopKind};
+use crate::cli::{Cli, LifespanMode, LogFormat, LogLevel, LoopKind, WsMode};
 use crate::http::defaults::{InvalidHeaderOption, ResponseDefaults};
 use crate::http::limits::Limits;
 use crate::proxy::{HeaderSet, InvalidHeaderName, InvalidTrustEntry, ProxyConfig, TrustedNetworks};
@@ -66,6 +66,9 @@ pub enum ConfigError {
         value: u64,
         expected: &'static str,
     },
+
+    #[error("invalid {option} 0: expected 1 or more")]
+    ZeroLimit { option: &'static str },
 }
 
 /// Environment variables read besides the `FASTSERVE_<NAME>` ones, which
@@ -169,6 +172,49 @@ pub enum BindTarget {
     Fd(i32),
 }
 
+/// WebSocket settings; see the `--ws-*` options in [`crate::cli`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketConfig {
+    /// Largest message accepted, in bytes.
+    pub max_size: usize,
+    /// Received messages queued for the app before reading pauses.
+    pub max_queue: usize,
+    /// Time between pings; `None` sends none.
+    pub ping_interval: Option<Duration>,
+    /// Time to wait for a pong; `None` waits forever.
+    pub ping_timeout: Option<Duration>,
+    /// Whether permessage-deflate is offered.
+    pub per_message_deflate: bool,
+}
+
+impl WebSocketConfig {
+    fn from_cli(cli: &Cli) -> Result<Option<Self>, ConfigError> {
+        if cli.ws == WsMode::None {
+            return Ok(None);
+        }
+        if cli.ws_max_size == 0 {
+            return Err(ConfigError::ZeroLimit {
+                option: "--ws-max-size",
+            });
+        }
+        if cli.ws_max_queue == 0 {
+            return Err(ConfigError::ZeroLimit {
+                option: "--ws-max-queue",
+            });
+        }
+        let optional = |option, value| {
+            seconds(option, value).map(|duration| (!duration.is_zero()).then_some(duration))
+        };
+        Ok(Some(Self {
+            max_size: cli.ws_max_size,
+            max_queue: cli.ws_max_queue,
+            ping_interval: optional("--ws-ping-interval", cli.ws_ping_interval)?,
+            ping_timeout: optional("--ws-ping-timeout", cli.ws_ping_timeout)?,
+            per_message_deflate: cli.ws_per_message_deflate,
+        }))
+    }
+}
+
 /// Everything the server needs, checked once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -203,6 +249,8 @@ pub struct Config {
     pub response_defaults: ResponseDefaults,
     pub date_header: bool,
     pub env_file: Option<PathBuf>,
+    /// `None` with `--ws none`.
+    pub websocket: Option<WebSocketConfig>,
 }
 
 impl Config {
@@ -210,6 +258,7 @@ impl Config {
     /// not read.
     pub fn from_cli(cli: Cli, env: Environment) -> Result<Self, ConfigError> {
         let limits = limits(&cli)?;
+        let websocket = WebSocketConfig::from_cli(&cli)?;
         let app = match cli.app.as_deref() {
             None | Some("") => AppSource::Demo,
             Some(value) => AppSource::parse(value)?,
@@ -327,6 +376,7 @@ impl Config {
             response_defaults,
             date_header: !cli.no_date_header,
             env_file: cli.env_file,
+            websocket,
         })
     }
 }
@@ -549,6 +599,28 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.access_log_format, LogFormat::Json);
         assert!(cfg.access_log_exclude.is_empty());
+    }
+
+    #[test]
+    fn websocket_defaults_match_uvicorn() {
+        let ws = config(&[], None).unwrap().websocket.unwrap();
+        assert_eq!(ws.max_size, 16 * 1024 * 1024);
+        assert_eq!(ws.max_queue, 32);
+        assert_eq!(ws.ping_interval, Some(Duration::from_secs(20)));
+        assert_eq!(ws.ping_timeout, Some(Duration::from_secs(20)));
+        assert!(ws.per_message_deflate);
+    }
+
+    #[test]
+    fn websocket_off_and_zero_ping() {
+        assert!(config(&["--ws", "none"], None).unwrap().websocket.is_none());
+        let ws = config(&["--ws-ping-interval", "0"], None)
+            .unwrap()
+            .websocket
+            .unwrap();
+        assert_eq!(ws.ping_interval, None);
+        let err = config(&["--ws-max-queue", "0"], None).unwrap_err();
+        assert!(err.to_string().contains("--ws-max-queue"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the whole queue in one go, so a burst of requests costs one wake-up.
 
 pub mod exchange;
+pub mod session;
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,6 +25,10 @@ pub enum Event {
     Request(Box<RequestHead>),
     /// A Python future parked on an exchange can make progress.
     Wake(exchange::Parked),
+    /// A WebSocket handshake: build its scope and start the app.
+    WebSocket(Box<session::WebSocketHead>),
+    /// A Python future parked on a WebSocket session can make progress.
+    WakeSession(session::ParkedSession),
     /// Stop serving: run lifespan shutdown and stop the event loop.
     Stop,
 }

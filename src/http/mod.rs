@@ -8,6 +8,7 @@ pub mod access;
 pub mod body;
 pub mod defaults;
 pub mod limits;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub limits: Limits,
     pub in_flight: Arc<InFlight>,
     pub response_defaults: ResponseDefaults,
+    /// `None` with `--ws none`: upgrade requests reach the app as plain HTTP.
+    pub websocket: Option<websocket::Endpoint>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             limits: config.limits.clone(),
             in_flight: Arc::default(),
             response_defaults: config.response_defaults.clone(),
+            websocket: config.websocket.clone().map(websocket::Endpoint::new),
         }
     }
 
@@ -140,12 +144,29 @@ pub struct ConnInfo {
 
 /// Serves one request and keeps `guard` alive until its response body is
 /// dropped, which is when hyper has written it or the connection ended.
-pub async fn serve<G: Unpin>(
-    req: Request<Incoming>,
+pub async fn serve<G: Unpin + Send + 'static>(
+    mut req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: ConnInfo,
     guard: G,
-) -> Result<Response<Guarded<G>>, Infallible> {
+) -> Result<Response<Guarded<Option<G>>>, Infallible> {
+    if let Some(endpoint) = &shared.websocket {
+        if websocket::is_upgrade(&req) {
+            let resolved = shared.proxy.resolve(conn.client, req.headers_mut());
+            let peer = websocket::Peer {
+                client: resolved.client,
+                server: conn.server,
+                scheme: resolved.websocket_scheme(),
+            };
+            // The guard counts the connection as busy, so the idle timeout
+            // does not apply while the WebSocket session lasts.
+            let mut response =
+                websocket::handle(req, &shared, endpoint, peer, Box::new(guard)).await;
+            shared.response_defaults.apply(response.headers_mut());
+            return Ok(response.map(|body| Guarded::new(body, None, None)));
+        }
+    }
+
     let (mut response, permit, request_id) = handle(req, &shared, conn).await;
     let headers = response.headers_mut();
     shared.response_defaults.apply(headers);
@@ -154,7 +175,7 @@ pub async fn serve<G: Unpin>(
             headers.insert(X_REQUEST_ID, id);
         }
     }
-    Ok(response.map(|body| Guarded::new(body, permit, guard)))
+    Ok(response.map(|body| Guarded::new(body, permit, Some(guard))))
 }
 
 /// Serves one request: the response, the concurrency permit it holds, and

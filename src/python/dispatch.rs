@@ -18,6 +18,7 @@ use pyo3::types::{PyDict, PySet};
 use super::awaitable::Ready;
 use super::http::{received_message, HttpCycle, DISPATCHING};
 use super::scope::{build_http_scope, ScopeDefaults};
+use super::websocket;
 use crate::bridge::exchange::Parked;
 use crate::bridge::{Bridge, DeferWakers, Event, RequestHead, WaitKind};
 
@@ -58,7 +59,7 @@ impl Context {
         }
     }
 
-    fn start_task<'py>(
+    pub(super) fn start_task<'py>(
         &self,
         py: Python<'py>,
         coro: Bound<'py, PyAny>,
@@ -111,6 +112,8 @@ impl Dispatcher {
             let result = match event {
                 Event::Request(head) => start_request(py, ctx, *head),
                 Event::Wake(parked) => wake(py, ctx, parked),
+                Event::WebSocket(head) => websocket::start_session(py, ctx, *head),
+                Event::WakeSession(parked) => websocket::wake(py, ctx, parked),
                 Event::Stop => stop(py, ctx),
             };
             if let Err(err) = result {

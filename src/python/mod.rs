@@ -10,6 +10,8 @@ mod dispatch;
 mod http;
 mod interpreter;
 mod scope;
+mod websocket;
+mod websocket_message;
 
 use std::ffi::CString;
 use std::sync::mpsc;

@@ -1,4 +1,4 @@
-//! Building the ASGI `http` scope from a parsed request.
+//! Building the ASGI `http` and `websocket` scopes from a parsed request.
 //!
 //! Types follow the ASGI HTTP spec 2.5 exactly: `http_version` is "1.0",
 //! "1.1" or "2"; `client` and `server` are `(str, int)`; `path` is the
@@ -13,6 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
+use http::header::SEC_WEBSOCKET_PROTOCOL;
+
+use crate::bridge::session::WebSocketHead;
 use crate::bridge::RequestHead;
 
 /// ASGI version and HTTP spec version announced in every scope. 2.5 is the
@@ -69,6 +72,56 @@ pub fn build_http_scope<'py>(
         scope.set_item(intern!(py, "state"), state.bind(py).copy()?)?;
     }
     Ok(scope)
+}
+
+/// Builds the `websocket` scope dict for `head`. The keys common with HTTP
+/// follow the same rules; `subprotocols` come from `Sec-WebSocket-Protocol`.
+pub fn build_websocket_scope<'py>(
+    py: Python<'py>,
+    defaults: &ScopeDefaults,
+    head: &WebSocketHead,
+) -> PyResult<Bound<'py, PyDict>> {
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+    scope.set_item(intern!(py, "asgi"), asgi_versions(py)?)?;
+    scope.set_item(intern!(py, "http_version"), intern!(py, "1.1"))?;
+    scope.set_item(intern!(py, "scheme"), head.scheme)?;
+
+    let raw_path = head.uri.path().as_bytes();
+    let root_path = defaults.root_path.bind(py);
+    scope.set_item(intern!(py, "path"), full_path(py, root_path, raw_path)?)?;
+    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
+    let query = head.uri.query().unwrap_or("").as_bytes();
+    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query))?;
+    scope.set_item(intern!(py, "root_path"), root_path)?;
+
+    scope.set_item(intern!(py, "headers"), header_list(py, &head.headers)?)?;
+    scope.set_item(intern!(py, "client"), address(py, head.client)?)?;
+    scope.set_item(intern!(py, "server"), address(py, head.server)?)?;
+    scope.set_item(
+        intern!(py, "subprotocols"),
+        subprotocols(py, &head.headers)?,
+    )?;
+    if let Some(state) = &defaults.state {
+        scope.set_item(intern!(py, "state"), state.bind(py).copy()?)?;
+    }
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+    Ok(scope)
+}
+
+/// Lists the subprotocols the client offered, in order, from every
+/// `Sec-WebSocket-Protocol` header.
+fn subprotocols<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            list.append(token)?;
+        }
+    }
+    Ok(list)
 }
 
 fn asgi_versions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::http::limits::Limits;
+use crate::http::websocket::CLOSE_GOING_AWAY;
 use crate::http::{ConnInfo, Shared};
 use listener::BoundSocket;
 use watchdog::{Activity, Timeouts, Watched};
@@ -32,6 +33,10 @@ use watchdog::{Activity, Timeouts, Watched};
 /// Pause after a failed `accept()` (for example when out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Time aborted WebSocket sessions get to drop their sockets after the
+/// graceful timeout.
+const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// How serving ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,9 +130,25 @@ pub async fn serve(
             "draining connections, signal again to exit now"
         );
     }
+    // Open WebSockets get a close frame; the drain waits for their closing
+    // handshakes and their apps too, since hyper no longer tracks them.
+    let sessions = shared.websocket.as_ref().map(|ws| Arc::clone(&ws.registry));
+    if let Some(sessions) = &sessions {
+        if sessions.len() > 0 {
+            tracing::info!(websockets = sessions.len(), "closing websockets");
+        }
+        sessions.close_all(CLOSE_GOING_AWAY);
+    }
+    let drained = async {
+        graceful.shutdown().await;
+        if let Some(sessions) = &sessions {
+            sessions.wait_idle().await;
+        }
+    };
+
     let timeout = config.timeout_graceful_shutdown;
     let outcome = tokio::select! {
-        () = graceful.shutdown() => Shutdown::Drained,
+        () = drained => Shutdown::Drained,
         () = tokio::time::sleep(timeout) => Shutdown::TimedOut,
         _ = signals.next() => {
             tracing::warn!("second signal received, exiting now");
@@ -143,6 +164,11 @@ pub async fn serve(
         );
         // Dropping a connection drops its requests; the app sees a disconnect.
         connections.abort_all();
+        if let Some(sessions) = &sessions {
+            sessions.abort_all();
+            // Aborted sessions only drop their sockets; this is quick.
+            let _ = tokio::time::timeout(ABORT_GRACE, sessions.wait_idle()).await;
+        }
     }
     while connections.join_next().await.is_some() {}
     Ok(outcome)
@@ -232,7 +258,7 @@ fn serve_connection<I>(
         crate::http::serve(req, Arc::clone(&shared), info, request)
     });
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     let conn = graceful.watch(conn);
     connections.spawn(async move {
