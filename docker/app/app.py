@@ -1,15 +1,15 @@
 """Example FastAPI service served by fastserve in the container image.
 
-JSON routes for a quick look, and `/slow` to watch a graceful shutdown: start
-`curl 'localhost:8080/slow?seconds=2.5'`, stop the container, and the request
-still completes before the server exits.
+JSON routes for a quick look, a WebSocket echo at `/ws`, and `/slow` to watch
+a graceful shutdown: start `curl 'localhost:8080/slow?seconds=2.5'`, stop the
+container, and the request still completes before the server exits.
 """
 
 import asyncio
 import os
 import platform
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field
 
 # Upper bound for /slow, so one request cannot hold a worker for long.
@@ -62,5 +62,12 @@ async def slow(seconds: float = Query(default=2.5, ge=0, le=MAX_SLOW_SECONDS)) -
     return {"slept": seconds}
 
 
-# WebSocket route: to be added here once fastserve serves WebSockets, e.g. an
-# echo endpoint at /ws that shows the close frame (code 1001) sent on shutdown.
+@app.websocket("/ws")
+async def echo(websocket: WebSocket) -> None:
+    """Echo text messages; on shutdown the client gets close code 1001."""
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        return
