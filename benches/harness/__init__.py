@@ -1,0 +1,1 @@
+"""Helpers for benches/compare.py: server processes, wrk runs, idle connections, reports."""
