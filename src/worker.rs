@@ -42,7 +42,7 @@ pub const MSG_RECYCLE: u8 = b'M';
 /// Time allowed after the graceful timeout for lifespan shutdown to finish.
 const STOP_MARGIN: Duration = Duration::from_secs(1);
 
-/// What the supervisor handed to this worker.
+/// Settings the supervisor passed to this worker.
 #[derive(Debug)]
 pub struct WorkerEnv {
     listen_fd: i32,
@@ -94,7 +94,7 @@ impl WorkerEnv {
 
 /// Runs the worker; `Err` carries the exit code after the failure is logged.
 pub fn run(config: &Config, mut env: WorkerEnv) -> Result<(), u8> {
-    // Worker lines carry the pid, so those of several workers can be told apart.
+    // Worker lines carry the pid, which distinguishes the lines of several workers.
     let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
 
     // Ends this worker if the supervisor dies without stopping it.

@@ -96,7 +96,7 @@ impl Bridge {
     }
 
     fn wake(&self) {
-        // AcqRel pairs with the store in `take_events`: a producer that sees
+        // AcqRel pairs with the store in `take_events`: a producer that reads
         // `false` here pushed after the consumer's reset, so its event may
         // have missed the swap and the consumer must be woken again.
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
@@ -109,11 +109,11 @@ impl Bridge {
     /// Takes every queued event. Called on the Python thread when the
     /// eventfd is readable, and once more at the end of each pass.
     pub fn take_events(&self, into: &mut Vec<Event>) {
-        // Reading resets the counter; EAGAIN only means nobody wrote.
+        // Reading resets the counter; EAGAIN only means no producer wrote.
         let _ = self.eventfd.read();
 
         // Reset before taking: an event pushed after this point either lands
-        // in the swap below or sees `false` and writes the eventfd again.
+        // in the swap below or reads `false` and writes the eventfd again.
         self.wake_pending.store(false, Ordering::Release);
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *queue, into);

@@ -37,7 +37,7 @@ use process::{make_inheritable, spawn_worker, SpawnOptions};
 
 /// First wait before restarting a worker that died; doubles per failure.
 const RESTART_DELAY_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between restarts of a worker that keeps dying.
+/// Maximum wait between restarts of a worker that keeps dying.
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(10);
 /// Slack on top of the workers' own drain budget before they are killed.
 const DRAIN_MARGIN: Duration = Duration::from_secs(2);
@@ -59,7 +59,7 @@ enum Phase {
     /// No worker has become ready yet.
     Starting,
     Running,
-    /// Workers were told to stop; exit when the last one has.
+    /// Workers were signalled to stop; exit when the last one has.
     Draining,
 }
 
