@@ -149,7 +149,17 @@ pub async fn serve<G: Unpin + Send + 'static>(
     shared: Arc<Shared>,
     conn: ConnInfo,
     guard: G,
+    framing_conflict: bool,
 ) -> Result<Response<Guarded<Option<G>>>, Infallible> {
+    // RFC 9112 §6.3: both framings may be a request smuggling attempt.
+    // hyper dropped Content-Length already; the socket scanner saw both.
+    if framing_conflict {
+        let text = "Bad Request: both Content-Length and Transfer-Encoding";
+        let mut response = plain_response(StatusCode::BAD_REQUEST, text, true);
+        shared.response_defaults.apply(response.headers_mut());
+        return Ok(response.map(|body| Guarded::new(body, None, Some(guard))));
+    }
+
     if let Some(endpoint) = &shared.websocket {
         if websocket::is_upgrade(&req) {
             let resolved = shared.proxy.resolve(conn.client, req.headers_mut());
@@ -226,10 +236,6 @@ async fn handle(
         return early(status, text, true, access);
     }
 
-    // NOTE: a request with both Content-Length and Transfer-Encoding never
-    // reaches this point with both: hyper's parser drops Content-Length,
-    // reads the chunked body and closes the connection after the response
-    // (RFC 9112 §6.3 allows this or a 400). A 400 needs hyper to expose it.
     let is_head = parts.method == http::Method::HEAD;
     let budget = shared.limits.request_body.map(BodyBudget::new);
     let (budget, body_over_limit) = match budget {

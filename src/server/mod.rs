@@ -5,6 +5,7 @@
 //! ones after their response), wait up to the graceful timeout, then cancel
 //! what is left so the app sees `http.disconnect`.
 
+mod framing;
 pub mod listener;
 pub mod watchdog;
 
@@ -255,7 +256,8 @@ fn serve_connection<I>(
     let shared = Arc::clone(shared);
     let service = service_fn(move |req| {
         let request = activity.begin_request();
-        crate::http::serve(req, Arc::clone(&shared), info, request)
+        let framing_conflict = activity.take_framing_conflict();
+        crate::http::serve(req, Arc::clone(&shared), info, request, framing_conflict)
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
