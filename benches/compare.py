@@ -343,6 +343,9 @@ def render(info: dict, names: list[str], scenarios: list[Scenario], records: lis
         "",
         "RSS is the sum of VmRSS over the server's process tree (supervisor and worker",
         "where there are two). Peak RSS is sampled every 100 ms during the measured run.",
+        "Summed VmRSS counts pages the tree's processes share (the binary, libpython)",
+        "once per process; PSS, read from /proc/PID/smaps_rollup right after the run and",
+        "summed over the tree, counts them once.",
         "",
     ]
     for scenario in scenarios:

@@ -69,6 +69,23 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Return the Pss of /proc/PID/smaps_rollup in kB, 0 if the process is gone.
+
+    PSS splits each shared page among the processes that map it, so summed over a
+    process tree it counts the pages the tree's processes share with each other
+    (the binary, libpython) once, where summed VmRSS counts them once per process.
+    """
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """Return user plus system CPU time of one process, 0 if it is gone."""
     try:
@@ -167,6 +184,10 @@ class ServerProcess:
     def rss_kib(self) -> int:
         """Return the summed VmRSS of the tree."""
         return sum(status_kib(pid, "VmRSS") for pid in self.pids())
+
+    def pss_kib(self) -> int:
+        """Return the summed PSS of the tree."""
+        return sum(pss_kib(pid) for pid in self.pids())
 
     def hwm_kib(self) -> tuple[int, int]:
         """Return (sum of VmHWM over the tree, largest single VmHWM)."""

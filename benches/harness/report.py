@@ -35,6 +35,7 @@ MEDIAN_KEYS = (
     "p99_ms",
     "peak_rss_mib",
     "idle_rss_mib",
+    "pss_after_mib",
     "vmhwm_sum_mib",
     "server_cpu_percent",
     "server_cpu_other_percent",
@@ -96,7 +97,8 @@ def scenario_table(
     """Return the Markdown lines of one scenario's table, one row per server."""
     header = [
         "server", "req/s", "× uvicorn", "p50 ms", "p99 ms", "peak RSS MiB", "× uvicorn RSS",
-        "idle RSS MiB", "server CPU %", "wrk CPU %", "other load % server/wrk CPU",
+        "idle RSS MiB", "PSS after MiB", "× uvicorn PSS", "server CPU %", "wrk CPU %",
+        "other load % server/wrk CPU",
     ]  # fmt: skip
     if runs > 1:
         header.insert(2, "req/s min–max")
@@ -121,6 +123,8 @@ def scenario_table(
             _num(rss, 1),
             _ratio(rss, base.get("peak_rss_mib") if base else None),
             _num(summary.get("idle_rss_mib"), 1),
+            _num(summary.get("pss_after_mib"), 1),
+            _ratio(summary.get("pss_after_mib"), base.get("pss_after_mib") if base else None),
             _num(summary.get("server_cpu_percent")),
             _num(summary.get("wrk_cpu_percent")),
             f"{_num(summary.get('server_cpu_other_percent'))} / "

@@ -179,6 +179,7 @@ def _measure(
         idle.close_all(sockets)
 
     hwm_sum_kib, hwm_max_kib = proc.hwm_kib()
+    record["pss_after_mib"] = proc.pss_kib() / KIB_PER_MIB
     record.update(result.as_dict())
     record["server_cpu_percent"] = 100 * server_cpu_s / result.duration_s
     # Time the server's CPU spent on anything but the server: other processes and
