@@ -19,7 +19,7 @@ use super::awaitable::Ready;
 use super::http::{received_message, HttpCycle, DISPATCHING};
 use super::scope::{build_http_scope, ScopeDefaults};
 use super::websocket;
-use crate::bridge::exchange::Parked;
+use crate::bridge::Exchange;
 use crate::bridge::{Bridge, DeferWakers, Event, RequestHead, WaitKind};
 
 static CONTEXT: PyOnceLock<Context> = PyOnceLock::new();
@@ -111,9 +111,13 @@ impl Dispatcher {
         for event in self.events.drain(..) {
             let result = match event {
                 Event::Request(head) => start_request(py, ctx, *head),
-                Event::Wake(parked) => wake(py, ctx, parked),
+                Event::Wake(parked) => {
+                    resolve_parked(py, ctx, &*parked.exchange, parked.kind, parked.future)
+                }
                 Event::WebSocket(head) => websocket::start_session(py, ctx, *head),
-                Event::WakeSession(parked) => websocket::wake(py, ctx, parked),
+                Event::WakeSession(parked) => {
+                    resolve_parked(py, ctx, &*parked.session, parked.kind, parked.future)
+                }
                 Event::Stop => stop(py, ctx),
             };
             if let Err(err) = result {
@@ -156,47 +160,69 @@ fn start_request(py: Python<'_>, ctx: &Context, head: RequestHead) -> PyResult<(
     Ok(())
 }
 
-fn wake(py: Python<'_>, ctx: &Context, parked: Parked) -> PyResult<()> {
-    let Parked {
-        exchange,
-        kind,
-        future,
-    } = parked;
-    let bound = future.bind(py);
-    // A task cancelled while it waited has cancelled the future too.
-    if bound.call_method0(intern!(py, "done"))?.is_truthy()? {
-        return Ok(());
+/// Shared state that `receive()` and `send()` futures park on: an HTTP
+/// exchange or a WebSocket session.
+pub trait ParkTarget {
+    fn is_disconnected(&self) -> bool;
+    /// The next `receive()` message, or `None` when the app must wait.
+    fn next_message<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>>;
+    /// Parks `future`; returns it back if what it waits for already holds.
+    fn park(&self, kind: WaitKind, future: Py<PyAny>) -> Result<(), Py<PyAny>>;
+}
+
+impl ParkTarget for Exchange {
+    fn is_disconnected(&self) -> bool {
+        Exchange::is_disconnected(self)
     }
-    match kind {
-        WaitKind::Send if exchange.is_disconnected() => {
-            let err = ctx.client_disconnected(py);
-            bound.call_method1(intern!(py, "set_exception"), (err.value(py),))?;
+
+    fn next_message<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.try_receive()
+            .map(|received| received_message(py, received))
+            .transpose()
+    }
+
+    fn park(&self, kind: WaitKind, future: Py<PyAny>) -> Result<(), Py<PyAny>> {
+        Exchange::park(self, kind, future)
+    }
+}
+
+/// Resolves a future parked on `target` that the tokio side sent back, or
+/// parks it again when it was woken early (for example by body read-ahead).
+pub fn resolve_parked(
+    py: Python<'_>,
+    ctx: &Context,
+    target: &impl ParkTarget,
+    kind: WaitKind,
+    mut future: Py<PyAny>,
+) -> PyResult<()> {
+    loop {
+        let bound = future.bind(py);
+        // A task cancelled while it waited has cancelled the future too.
+        if bound.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
         }
-        WaitKind::Send => {
-            bound.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
-        WaitKind::Receive => match exchange.try_receive() {
-            Some(received) => {
-                let message = received_message(py, received)?;
-                bound.call_method1(intern!(py, "set_result"), (message,))?;
+        match kind {
+            WaitKind::Send if target.is_disconnected() => {
+                let err = ctx.client_disconnected(py);
+                bound.call_method1(intern!(py, "set_exception"), (err.value(py),))?;
+                return Ok(());
             }
-            None => {
-                // Woken early (for example by body read-ahead); wait again.
-                if let Err(future) = exchange.park(WaitKind::Receive, future.clone_ref(py)) {
-                    return wake(
-                        py,
-                        ctx,
-                        Parked {
-                            exchange,
-                            kind,
-                            future,
-                        },
-                    );
+            WaitKind::Send => {
+                bound.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                return Ok(());
+            }
+            WaitKind::Receive => {
+                if let Some(message) = target.next_message(py)? {
+                    bound.call_method1(intern!(py, "set_result"), (message,))?;
+                    return Ok(());
+                }
+                match target.park(WaitKind::Receive, future.clone_ref(py)) {
+                    Ok(()) => return Ok(()),
+                    Err(returned) => future = returned,
                 }
             }
-        },
+        }
     }
-    Ok(())
 }
 
 fn stop(py: Python<'_>, ctx: &Context) -> PyResult<()> {

@@ -99,7 +99,7 @@ impl HttpCycle {
     fn start(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
         let py = message.py();
         if self.started {
-            return Err(unexpected(py, "http.response.start", "http.response.body"));
+            return Err(unexpected("http.response.start", "http.response.body"));
         }
         let status = match message.get_item(intern!(py, "status"))? {
             Some(status) => status.extract::<u16>().map_err(|_| {
@@ -128,7 +128,7 @@ impl HttpCycle {
     fn body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<SendOutcome> {
         let py = message.py();
         if !self.started {
-            return Err(unexpected(py, "http.response.body", "http.response.start"));
+            return Err(unexpected("http.response.body", "http.response.start"));
         }
         if self.finished {
             return Err(PyRuntimeError::new_err(
@@ -299,7 +299,7 @@ fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
     Ok(map)
 }
 
-fn unexpected(_py: Python<'_>, got: &str, expected: &str) -> PyErr {
+fn unexpected(got: &str, expected: &str) -> PyErr {
     PyRuntimeError::new_err(format!(
         "unexpected ASGI message '{got}': expected '{expected}'"
     ))

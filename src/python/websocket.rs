@@ -14,15 +14,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use super::awaitable::Ready;
-use super::dispatch::{context, describe, Context};
+use super::dispatch::{context, describe, Context, ParkTarget};
 use super::scope::build_websocket_scope;
 use super::websocket_message::{
     parse_accept, parse_close, parse_denial_body, parse_denial_start, parse_send, received_message,
 };
 use crate::bridge::exchange::WaitKind;
-use crate::bridge::session::{
-    Handshake, Outgoing, ParkedSession, SendOutcome, Session, WebSocketHead,
-};
+use crate::bridge::session::{Handshake, Outgoing, SendOutcome, Session, WebSocketHead};
 
 /// The ASGI side of one WebSocket session. Its `receive` and `send` methods
 /// are what the app gets; calling the object is the task's done callback.
@@ -72,44 +70,20 @@ pub fn start_session(py: Python<'_>, ctx: &Context, head: WebSocketHead) -> PyRe
     Ok(())
 }
 
-/// Resolves a future parked on a session.
-pub fn wake(py: Python<'_>, ctx: &Context, parked: ParkedSession) -> PyResult<()> {
-    let ParkedSession {
-        session,
-        kind,
-        future,
-    } = parked;
-    let bound = future.bind(py);
-    // A task cancelled while it waited has cancelled the future too.
-    if bound.call_method0(intern!(py, "done"))?.is_truthy()? {
-        return Ok(());
+impl ParkTarget for Session {
+    fn is_disconnected(&self) -> bool {
+        Session::is_disconnected(self)
     }
-    match kind {
-        WaitKind::Send if session.is_disconnected() => {
-            let err = ctx.client_disconnected(py);
-            bound.call_method1(intern!(py, "set_exception"), (err.value(py),))?;
-        }
-        WaitKind::Send => {
-            bound.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
-        WaitKind::Receive => match session.try_receive() {
-            Some(received) => {
-                let message = received_message(py, received)?;
-                bound.call_method1(intern!(py, "set_result"), (message,))?;
-            }
-            None => {
-                if let Err(future) = session.park(WaitKind::Receive, future.clone_ref(py)) {
-                    let parked = ParkedSession {
-                        session,
-                        kind,
-                        future,
-                    };
-                    return wake(py, ctx, parked);
-                }
-            }
-        },
+
+    fn next_message<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.try_receive()
+            .map(|received| received_message(py, received))
+            .transpose()
     }
-    Ok(())
+
+    fn park(&self, kind: WaitKind, future: Py<PyAny>) -> Result<(), Py<PyAny>> {
+        Session::park(self, kind, future)
+    }
 }
 
 impl WebSocketCycle {
