@@ -49,18 +49,15 @@ def wait_for_body(server: Server, expected: bytes) -> None:
     raise AssertionError(f"expected {expected!r} after reload, last body {seen!r}")
 
 
+def launch_reloading(kind: str, launch: Launch, folder: Path) -> Server:
+    """Start the app in `folder` with --reload watching that folder."""
+    args = ("--reload", "--reload-dir", str(folder), "--lifespan", "off")
+    return launch(kind, "reload_app:app", *args, app_dir=folder)
+
+
 def test_reload_serves_changed_code(kind: str, launch: Launch, tmp_path: Path) -> None:
     write_app(tmp_path, "v1")
-    server = launch(
-        kind,
-        "reload_app:app",
-        "--reload",
-        "--reload-dir",
-        str(tmp_path),
-        "--lifespan",
-        "off",
-        app_dir=tmp_path,
-    )
+    server = launch_reloading(kind, launch, tmp_path)
     assert body_of(server) == b"v1"
 
     write_app(tmp_path, "v2")
@@ -70,16 +67,7 @@ def test_reload_serves_changed_code(kind: str, launch: Launch, tmp_path: Path) -
 
 def test_reload_survives_syntax_error(kind: str, launch: Launch, tmp_path: Path) -> None:
     write_app(tmp_path, "v1")
-    server = launch(
-        kind,
-        "reload_app:app",
-        "--reload",
-        "--reload-dir",
-        str(tmp_path),
-        "--lifespan",
-        "off",
-        app_dir=tmp_path,
-    )
+    server = launch_reloading(kind, launch, tmp_path)
     (tmp_path / "reload_app.py").write_text("def broken(:\n")
     deadline = time.monotonic() + RELOAD_TIMEOUT_S
     while "waiting for a file change" not in server.stderr_text():
@@ -94,16 +82,7 @@ def test_reload_survives_syntax_error(kind: str, launch: Launch, tmp_path: Path)
 
 def test_reload_ignores_other_files(kind: str, launch: Launch, tmp_path: Path) -> None:
     write_app(tmp_path, "v1")
-    server = launch(
-        kind,
-        "reload_app:app",
-        "--reload",
-        "--reload-dir",
-        str(tmp_path),
-        "--lifespan",
-        "off",
-        app_dir=tmp_path,
-    )
+    server = launch_reloading(kind, launch, tmp_path)
     mark = server.stderr_size()
     (tmp_path / "notes.txt").write_text("not python")
     (tmp_path / ".hidden.py").write_text("x = 1")
