@@ -32,7 +32,7 @@ pub const RESPONSE_LOW_WATER: usize = 16 * 1024;
 /// Bounds memory per upload while keeping the socket busy.
 pub const REQUEST_READ_AHEAD: usize = 256 * 1024;
 
-/// What a parked Python future waits for.
+/// The condition a parked Python future waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitKind {
     /// `receive()`: request body, the end of the response, or a disconnect.
@@ -52,7 +52,7 @@ pub struct Parked {
     pub future: Py<PyAny>,
 }
 
-/// What the server knows about a request when it reaches the Python thread.
+/// The parsed request as it reaches the Python thread.
 #[derive(Debug)]
 pub struct RequestHead {
     pub exchange: Arc<Exchange>,
@@ -77,7 +77,7 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-/// What the service future learns about the response head.
+/// The outcome the service future gets for the response head.
 #[derive(Debug)]
 pub enum HeadOutcome {
     /// The app started a response. `body_len` is the exact body length when
@@ -90,14 +90,14 @@ pub enum HeadOutcome {
     Failed,
 }
 
-/// What `receive()` gets without waiting.
+/// A `receive()` message available without waiting.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
     Body { data: Bytes, more_body: bool },
     Disconnect,
 }
 
-/// What happened to a chunk passed to [`Exchange::send_body`].
+/// The outcome for a chunk passed to [`Exchange::send_body`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum SendOutcome {
     /// Queued; the app may go on.

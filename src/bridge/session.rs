@@ -132,7 +132,7 @@ pub enum HandshakeError {
 #[derive(Debug, Default)]
 struct State {
     connect_delivered: bool,
-    /// The app's answer, set once; the tokio side takes it.
+    /// The app's reply, set once and taken by the tokio side.
     handshake: Option<Handshake>,
     handshake_answered: bool,
     handshake_waker: Option<Waker>,
@@ -206,7 +206,7 @@ impl Session {
 
     // ----- tokio side -------------------------------------------------------
 
-    /// Polls for the app's answer to the handshake.
+    /// Polls for the app's reply to the handshake.
     pub fn poll_handshake(&self, cx: &mut Context<'_>) -> Poll<Handshake> {
         let mut state = self.lock();
         if let Some(handshake) = state.handshake.take() {
@@ -411,7 +411,7 @@ impl Session {
     }
 
     /// Records that the ASGI task ended, so the tokio side stops waiting for
-    /// a handshake answer or for more frames.
+    /// a handshake reply or for more frames.
     pub fn app_finished(&self) {
         let mut state = self.lock();
         state.app_done = true;

@@ -17,10 +17,10 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use crate::http::body::ResponseBody;
 
 /// How often the event loop records a heartbeat. Short enough that a loop
-/// blocked for `--health-loop-timeout` (seconds) is told apart from a busy one.
+/// blocked for `--health-loop-timeout` (seconds) is distinguished from a busy one.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// What the endpoint reports.
+/// The state the endpoint reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,

@@ -1,6 +1,6 @@
 //! Request and response bodies on the tokio side of an exchange.
 //!
-//! The request body is read by a pump task only as fast as the app asks for
+//! The request body is read by a pump task only as fast as the app requests
 //! it, so an upload is never held in memory whole and `100 Continue` goes out
 //! only when the app first reads. The response body streams what the app
 //! queued in the [`Exchange`], and reports a client that went away.
@@ -30,7 +30,7 @@ pub async fn pump_request_body(
     loop {
         let wanted = std::future::poll_fn(|cx| exchange.poll_read_demand(cx)).await;
         if !wanted {
-            // Dropping the body tells hyper to drain or close the connection.
+            // Dropping the body makes hyper drain or close the connection.
             return;
         }
         match body.frame().await {

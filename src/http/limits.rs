@@ -22,7 +22,7 @@ pub struct Limits {
     pub concurrency: Option<usize>,
     /// Largest request body in bytes; `None` for no limit.
     pub request_body: Option<u64>,
-    /// Longest request target in bytes.
+    /// Maximum request target length in bytes.
     pub request_line: usize,
     /// Largest request head in bytes.
     pub header_size: usize,

@@ -42,7 +42,7 @@ use limits::{BodyBudget, Guarded, InFlight, Limits, Permit};
 /// first `receive()` finishes at once. Larger ones stream on demand.
 const PREFETCH_LIMIT: u64 = 64 * 1024;
 
-/// What every request handler shares.
+/// State shared by every request handler.
 #[derive(Debug)]
 pub struct Shared {
     pub bridge: Arc<Bridge>,
@@ -51,7 +51,7 @@ pub struct Shared {
     /// The built-in endpoint's path; `None` hands every path to the app.
     pub health_path: Option<String>,
     pub log_health_checks: bool,
-    /// Requests after which the worker asks to be replaced.
+    /// Requests after which the worker requests its replacement.
     pub max_requests: Option<u64>,
     /// Requests handed to the app so far.
     pub served: AtomicU64,
@@ -205,7 +205,7 @@ async fn handle(
         (response, None, request_id.clone())
     };
 
-    // The health endpoint answers from atomics: no Python, no permit.
+    // The health endpoint reads atomics only: no Python, no permit.
     if shared.health_path.as_deref() == Some(parts.uri.path()) {
         let response = health::respond(&shared.health, &parts.method);
         if shared.log_health_checks {
@@ -270,7 +270,7 @@ async fn handle(
         .bridge
         .submit_deferred(Event::Request(Box::new(head)));
 
-    // If hyper drops this future (the client left), the guard tells the app.
+    // If hyper drops this future (the client left), the guard notifies the app.
     let guard = DisconnectGuard(Some(Arc::clone(&exchange)));
     let outcome = std::future::poll_fn(|cx| exchange.poll_head(cx)).await;
     guard.disarm();
@@ -372,7 +372,7 @@ async fn start_body(
 }
 
 /// Puts the HTTP/2 `:authority` first as `host`, replacing any `host`
-/// header, as the ASGI HTTP spec asks for pseudo-headers.
+/// header, as the ASGI HTTP spec requires for pseudo-headers.
 fn with_host_first(headers: http::HeaderMap, uri: &http::Uri) -> http::HeaderMap {
     let Some(authority) = uri.authority() else {
         return headers;

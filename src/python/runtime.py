@@ -24,7 +24,7 @@ class ClientDisconnected(OSError):
 
 
 class StartupError(Exception):
-    """The app cannot be served; the message tells the operator why."""
+    """The app cannot be served, and the message explains why to the operator."""
 
 
 def load_app(module_name: str, attribute: str, factory: bool, app_dir: str) -> Callable[..., Any]:
@@ -108,7 +108,7 @@ class Lifespan:
         self._task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
-        """Send ``lifespan.startup`` and wait for the answer; raise StartupError on failure."""
+        """Send ``lifespan.startup`` and wait for the reply; raise StartupError on failure."""
         if not self.supported:
             return
         self._messages = asyncio.Queue()

@@ -3,7 +3,7 @@
 //! The shutdown path reads like its description: stop accepting, ask every
 //! connection to finish (idle keep-alive connections close at once, busy
 //! ones after their response), wait up to the graceful timeout, then cancel
-//! what is left so the app sees `http.disconnect`.
+//! what is left so the app receives `http.disconnect`.
 
 mod framing;
 pub mod listener;
@@ -39,7 +39,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// graceful timeout.
 const ABORT_GRACE: Duration = Duration::from_millis(500);
 
-/// How serving ended.
+/// The outcome of serving.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shutdown {
     /// Every connection finished within the graceful timeout.
@@ -75,7 +75,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
 
     // Set by the first SIGTERM or SIGINT: serving goes on until then, with
-    // /health already answering 503, so load balancers can deregister.
+    // /health already returning 503, so load balancers can deregister.
     let mut stop_accepting_at: Option<tokio::time::Instant> = None;
     loop {
         let delay_over = async {
@@ -163,7 +163,7 @@ pub async fn serve(
             timeout_s = timeout.as_secs_f64(),
             "graceful shutdown timed out, cancelling the requests still in flight"
         );
-        // Dropping a connection drops its requests; the app sees a disconnect.
+        // Dropping a connection drops its requests, so the app receives a disconnect.
         connections.abort_all();
         if let Some(sessions) = &sessions {
             sessions.abort_all();
@@ -185,7 +185,7 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(None)
         .keep_alive(true)
         .auto_date_header(config.date_header)
-        // hyper answers 431 when a head fills its read buffer. hyper-util's
+        // hyper returns 431 when a head fills its read buffer. hyper-util's
         // auto builder does not expose hyper's `max_header_size`.
         .max_buf_size(config.limits.header_size.max(Limits::MIN_HEADER_SIZE));
     builder

@@ -25,12 +25,12 @@ RELOAD_TIMEOUT_S = 15.0
 
 
 def write_app(folder: Path, version: str) -> None:
-    """Write the app module answering `version`."""
+    """Write the app module whose response body is `version`."""
     (folder / "reload_app.py").write_text(APP_TEMPLATE.format(version=version))
 
 
 def body_of(server: Server) -> bytes | None:
-    """Return the body of GET /, or None if no worker answers right now."""
+    """Return the body of GET /, or None if no worker responds right now."""
     try:
         with server.open(timeout=2) as conn:
             return conn.request("GET", "/").body
