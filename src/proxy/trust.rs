@@ -20,7 +20,22 @@ struct Network {
     prefix_len: u8,
 }
 
+/// Bits before the IPv4 address in an IPv4-mapped IPv6 address.
+const MAPPED_PREFIX_LEN: u8 = 96;
+
 impl Network {
+    /// Stores an IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) as the IPv4
+    /// range it covers, since peers are compared in canonical form.
+    fn canonical(addr: IpAddr, prefix_len: u8) -> Self {
+        match (addr, addr.to_canonical()) {
+            (IpAddr::V6(_), IpAddr::V4(v4)) if prefix_len >= MAPPED_PREFIX_LEN => Self {
+                addr: IpAddr::V4(v4),
+                prefix_len: prefix_len - MAPPED_PREFIX_LEN,
+            },
+            _ => Self { addr, prefix_len },
+        }
+    }
+
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -79,10 +94,7 @@ impl TrustedNetworks {
                     _ => return Err(invalid()),
                 },
             };
-            trusted.networks.push(Network {
-                addr: addr.to_canonical(),
-                prefix_len,
-            });
+            trusted.networks.push(Network::canonical(addr, prefix_len));
         }
         Ok(trusted)
     }
@@ -156,6 +168,11 @@ mod tests {
         assert!(trusted.contains(ip("::ffff:127.0.0.1")));
         let trusted = TrustedNetworks::parse("::ffff:10.0.0.1").unwrap();
         assert!(trusted.contains(ip("10.0.0.1")));
+        assert!(!trusted.contains(ip("10.0.0.2")));
+        assert!(!trusted.contains(ip("203.0.113.9")));
+        let trusted = TrustedNetworks::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(trusted.contains(ip("10.200.0.1")));
+        assert!(!trusted.contains(ip("11.0.0.1")));
     }
 
     #[test]
