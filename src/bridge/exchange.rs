@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use pyo3::{Py, PyAny};
 
 use super::{Bridge, Event};
+use crate::http::header_order::{NameOrder, SentHeaders};
 
 /// Response bytes queued for hyper above which `send()` makes the app wait.
 /// 64 KiB keeps a few socket buffers' worth ready without letting a client
@@ -65,6 +66,9 @@ pub struct RequestHead {
     /// The local address; `None` on a Unix socket.
     pub server: Option<SocketAddr>,
     pub scheme: &'static str,
+    /// The order the headers were sent in, when `headers` groups a name
+    /// that repeats with another name in between.
+    pub header_order: Option<NameOrder>,
     /// Scope values set by trusted proxy headers (`root_path`, `server`, a
     /// named client); `None` for most requests.
     pub overrides: Option<Box<crate::proxy::Overrides>>,
@@ -75,6 +79,9 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// The headers as the app sent them, when `headers` loses their order
+    /// or the case of a name.
+    pub sent: Option<SentHeaders>,
 }
 
 /// The outcome the service future gets for the response head.
@@ -498,6 +505,7 @@ mod tests {
         ResponseHead {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
+            sent: None,
         }
     }
 

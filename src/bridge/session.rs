@@ -20,6 +20,7 @@ use pyo3::{Py, PyAny};
 
 use super::exchange::WaitKind;
 use super::{Bridge, Event};
+use crate::http::header_order::NameOrder;
 
 /// Bytes of queued outgoing messages above which `send()` makes the app
 /// wait. The same bound as for HTTP response bodies, for the same reason: a
@@ -43,6 +44,9 @@ pub struct WebSocketHead {
     pub session: Arc<Session>,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// The order the headers were sent in, when `headers` groups a name
+    /// that repeats with another name in between.
+    pub header_order: Option<NameOrder>,
     /// The peer address; `None` on a Unix socket.
     pub client: Option<SocketAddr>,
     /// The local address; `None` on a Unix socket.

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod body;
 pub mod defaults;
+pub mod header_order;
 pub mod limits;
 pub mod websocket;
 
@@ -18,10 +19,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING, USER_AGENT,
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TRANSFER_ENCODING, UPGRADE, USER_AGENT,
 };
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -32,9 +33,11 @@ use crate::bridge::{Bridge, Event, Exchange, RequestHead};
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::proxy::{ProxyConfig, Resolved};
+use crate::server::heads::{ConnHeads, HeadNotes};
 use access::{AccessRecord, X_REQUEST_ID};
 use body::{pump_request_body, ResponseBody};
 use defaults::ResponseDefaults;
+use header_order::{NameOrder, SentHeaders};
 use limits::{BodyBudget, Guarded, InFlight, Limits, Permit};
 
 /// Request bodies up to this size, with a known length and no
@@ -144,21 +147,32 @@ pub struct ConnInfo {
 
 /// Serves one request and keeps `guard` alive until its response body is
 /// dropped, which is when hyper has written it or the connection ended.
+///
+/// `heads` and `notes` come from the connection's socket: what the request
+/// head showed before hyper parsed it, and where to ask for the response
+/// head to be written with the app's header order and case.
 pub async fn serve<G: Unpin + Send + 'static>(
     mut req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: ConnInfo,
     guard: G,
-    framing_conflict: bool,
+    (heads, notes): (Arc<ConnHeads>, HeadNotes),
 ) -> Result<Response<Guarded<Option<G>>>, Infallible> {
     // RFC 9112 §6.3: both framings may be a request smuggling attempt.
     // hyper dropped Content-Length already; the socket scanner saw both.
-    if framing_conflict {
+    if notes.framing_conflict {
         let text = "Bad Request: both Content-Length and Transfer-Encoding";
         let mut response = plain_response(StatusCode::BAD_REQUEST, text, true);
         shared.response_defaults.apply(response.headers_mut());
         return Ok(response.map(|body| Guarded::new(body, None, Some(guard))));
     }
+
+    if let Some(order) = notes.order {
+        req.extensions_mut().insert(order);
+    }
+    // The scanner pauses after such a request, since it may switch protocols.
+    let asks_upgrade = req.headers().contains_key(UPGRADE) || req.method() == Method::CONNECT;
+    let http1 = req.version() < Version::HTTP_2;
 
     if let Some(endpoint) = &shared.websocket {
         if websocket::is_upgrade(&req) {
@@ -173,6 +187,9 @@ pub async fn serve<G: Unpin + Send + 'static>(
             let mut response =
                 websocket::handle(req, &shared, endpoint, peer, Box::new(guard)).await;
             shared.response_defaults.apply(response.headers_mut());
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                heads.resume_scanning();
+            }
             return Ok(response.map(|body| Guarded::new(body, None, None)));
         }
     }
@@ -185,7 +202,26 @@ pub async fn serve<G: Unpin + Send + 'static>(
             headers.insert(X_REQUEST_ID, id);
         }
     }
+    if asks_upgrade {
+        heads.resume_scanning();
+    }
+    if let Some(sent) = response.extensions_mut().remove::<SentHeaders>() {
+        // HTTP/2 names are lower case by definition; order follows hyper.
+        if http1 {
+            mark_for_restore(response.headers_mut(), &heads, sent);
+        }
+    }
     Ok(response.map(|body| Guarded::new(body, permit, Some(guard))))
+}
+
+/// Puts the marker header first, so the socket wrapper can write this head
+/// again with the app's headers as sent.
+fn mark_for_restore(headers: &mut http::HeaderMap, heads: &ConnHeads, sent: SentHeaders) {
+    let number = heads.restore(sent);
+    let grouped = std::mem::take(headers);
+    headers.reserve(grouped.len() + 1);
+    headers.insert(header_order::marker_name().clone(), number);
+    headers.extend(grouped);
 }
 
 /// Serves one request: the response, the concurrency permit it holds, and
@@ -264,6 +300,7 @@ async fn handle(
         client: resolved.client,
         server: conn.server,
         scheme: resolved.http_scheme(),
+        header_order: parts.extensions.remove::<NameOrder>(),
         overrides: resolved.overrides,
     };
     shared
@@ -303,6 +340,9 @@ async fn handle(
             let mut response = Response::new(body);
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
+            if let Some(sent) = head.sent {
+                response.extensions_mut().insert(sent);
+            }
             response
         }
         // Acquire pairs with the Release store in `BodyBudget::charge`.

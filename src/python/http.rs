@@ -14,7 +14,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
@@ -23,6 +22,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::awaitable::Ready;
 use super::dispatch::context;
+use super::headers::convert_headers;
 use crate::bridge::exchange::{Received, SendOutcome};
 use crate::bridge::{Exchange, ResponseHead, WaitKind};
 
@@ -116,12 +116,16 @@ impl HttpCycle {
                 "invalid http.response.start: status {status} is not from 100 to 999"
             ))
         })?;
-        let headers = match message.get_item(intern!(py, "headers"))? {
-            Some(headers) => convert_headers(&headers)?,
-            None => HeaderMap::new(),
+        let (headers, sent) = match message.get_item(intern!(py, "headers"))? {
+            Some(headers) => convert_headers(&headers, "http.response.start")?,
+            None => (HeaderMap::new(), None),
         };
         self.started = true;
-        self.held_head = Some(ResponseHead { status, headers });
+        self.held_head = Some(ResponseHead {
+            status,
+            headers,
+            sent,
+        });
         Ok(())
     }
 
@@ -265,38 +269,6 @@ pub fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_
         }
     }
     Ok(message)
-}
-
-/// Converts ASGI response headers (an iterable of `[name, value]` byte
-/// pairs). The server's default headers are added on the tokio side.
-fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
-    let mut map = HeaderMap::new();
-    for pair in headers.try_iter()? {
-        let pair = pair?;
-        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
-            PyTypeError::new_err(
-                "invalid header in http.response.start: expected a [name, value] pair",
-            )
-        })?;
-        let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
-            return Err(PyTypeError::new_err(
-                "invalid header in http.response.start: name and value must be bytes",
-            ));
-        };
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid header name {:?} in http.response.start",
-                String::from_utf8_lossy(name.as_bytes())
-            ))
-        })?;
-        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid value for header {name:?} in http.response.start: control characters are not allowed"
-            ))
-        })?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 fn unexpected(got: &str, expected: &str) -> PyErr {

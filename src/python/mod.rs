@@ -7,6 +7,7 @@
 
 mod awaitable;
 mod dispatch;
+mod headers;
 mod http;
 mod interpreter;
 mod scope;

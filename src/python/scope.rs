@@ -17,6 +17,7 @@ use http::header::SEC_WEBSOCKET_PROTOCOL;
 
 use crate::bridge::session::WebSocketHead;
 use crate::bridge::RequestHead;
+use crate::http::header_order::NameOrder;
 
 /// ASGI version and HTTP spec version announced in every scope. 2.5 is the
 /// version whose rules (`send()` raising `OSError` after a disconnect,
@@ -59,7 +60,8 @@ pub fn build_http_scope<'py>(
     scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query))?;
     scope.set_item(intern!(py, "root_path"), root_path)?;
 
-    scope.set_item(intern!(py, "headers"), header_list(py, &head.headers)?)?;
+    let headers = header_list(py, &head.headers, head.header_order.as_ref())?;
+    scope.set_item(intern!(py, "headers"), headers)?;
     match overrides.and_then(|o| o.client_name.as_deref()) {
         Some(name) => scope.set_item(intern!(py, "client"), (name, 0u16))?,
         None => scope.set_item(intern!(py, "client"), address(py, head.client)?)?,
@@ -95,7 +97,8 @@ pub fn build_websocket_scope<'py>(
     scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query))?;
     scope.set_item(intern!(py, "root_path"), root_path)?;
 
-    scope.set_item(intern!(py, "headers"), header_list(py, &head.headers)?)?;
+    let headers = header_list(py, &head.headers, head.header_order.as_ref())?;
+    scope.set_item(intern!(py, "headers"), headers)?;
     scope.set_item(intern!(py, "client"), address(py, head.client)?)?;
     scope.set_item(intern!(py, "server"), address(py, head.server)?)?;
     scope.set_item(
@@ -169,8 +172,15 @@ fn full_path<'py>(
     Ok(PyString::new(py, &format!("{root}{decoded}")))
 }
 
-fn header_list<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Bound<'py, PyList>> {
-    let items = headers.iter().map(|(name, value)| {
+/// The scope's `headers`: in the order sent when `order` has it, which
+/// only differs from the map's order for a name repeated with another name
+/// in between.
+fn header_list<'py>(
+    py: Python<'py>,
+    headers: &http::HeaderMap,
+    order: Option<&NameOrder>,
+) -> PyResult<Bound<'py, PyList>> {
+    let pair = |(name, value): (&http::HeaderName, &http::HeaderValue)| {
         PyTuple::new(
             py,
             [
@@ -178,8 +188,11 @@ fn header_list<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Boun
                 PyBytes::new(py, value.as_bytes()),
             ],
         )
-    });
-    let items: PyResult<Vec<_>> = items.collect();
+    };
+    let items: PyResult<Vec<_>> = match order {
+        None => headers.iter().map(pair).collect(),
+        Some(order) => order.arrange(headers).into_iter().map(pair).collect(),
+    };
     PyList::new(py, items?)
 }
 

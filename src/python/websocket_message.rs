@@ -1,13 +1,13 @@
 //! Conversion between ASGI `websocket.*` message dicts and the session's
 //! Rust types, with errors that name the message and the invalid key.
 
-use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use super::headers::convert_headers;
 use crate::bridge::session::{Handshake, Message, Outgoing, Received, CLOSE_NORMAL};
 
 /// Parses `websocket.accept` into the handshake response.
@@ -19,8 +19,10 @@ pub fn parse_accept(message: &Bound<'_, PyDict>) -> PyResult<Handshake> {
         })?),
         _ => None,
     };
+    // NOTE: the handshake and denial heads go out in hyper's grouped order
+    // and lower case; only `http.response.start` heads are restored.
     let headers = match message.get_item(intern!(py, "headers"))? {
-        Some(headers) => convert_headers(&headers, "websocket.accept")?,
+        Some(headers) => convert_headers(&headers, "websocket.accept")?.0,
         None => HeaderMap::new(),
     };
     Ok(Handshake::Accept {
@@ -46,7 +48,7 @@ pub fn parse_denial_start(message: &Bound<'_, PyDict>) -> PyResult<(StatusCode, 
             ))
         })?;
     let headers = match message.get_item(intern!(py, "headers"))? {
-        Some(headers) => convert_headers(&headers, kind)?,
+        Some(headers) => convert_headers(&headers, kind)?.0,
         None => HeaderMap::new(),
     };
     Ok((status, headers))
@@ -135,29 +137,4 @@ fn optional_bytes(message: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<Vec
         },
         _ => Ok(None),
     }
-}
-
-/// Converts ASGI headers (an iterable of `[name, value]` byte pairs).
-fn convert_headers(headers: &Bound<'_, PyAny>, kind: &str) -> PyResult<HeaderMap> {
-    let mut map = HeaderMap::new();
-    for pair in headers.try_iter()? {
-        let (name, value): (Vec<u8>, Vec<u8>) = pair?.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "invalid header in {kind}: expected a [name, value] pair of bytes"
-            ))
-        })?;
-        let name = HeaderName::from_bytes(&name).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid header name {:?} in {kind}",
-                String::from_utf8_lossy(&name)
-            ))
-        })?;
-        let value = HeaderValue::from_bytes(&value).map_err(|_| {
-            PyRuntimeError::new_err(format!(
-                "invalid value for header {name:?} in {kind}: control characters are not allowed"
-            ))
-        })?;
-        map.append(name, value);
-    }
-    Ok(map)
 }

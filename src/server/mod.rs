@@ -5,7 +5,7 @@
 //! ones after their response), wait up to the graceful timeout, then cancel
 //! what is left so the app receives `http.disconnect`.
 
-mod framing;
+pub mod heads;
 pub mod listener;
 pub mod watchdog;
 
@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::http::limits::Limits;
 use crate::http::websocket::CLOSE_GOING_AWAY;
 use crate::http::{ConnInfo, Shared};
+use heads::{ConnHeads, Tapped};
 use listener::BoundSocket;
 use watchdog::{Activity, Timeouts, Watched};
 
@@ -227,16 +228,22 @@ impl Accepted {
     ) {
         match self {
             Self::Tcp(stream, info) => {
-                let io = Watched::new(stream, Arc::clone(&activity), timeouts);
-                serve_connection(connections, builder, graceful, shared, io, info, activity)
+                let heads = ConnHeads::new();
+                let io = Tapped::new(stream, Arc::clone(&heads));
+                let io = Watched::new(io, Arc::clone(&activity), timeouts);
+                let conn = (activity, heads);
+                serve_connection(connections, builder, graceful, shared, io, info, conn)
             }
             Self::Unix(stream) => {
                 let info = ConnInfo {
                     client: None,
                     server: None,
                 };
-                let io = Watched::new(stream, Arc::clone(&activity), timeouts);
-                serve_connection(connections, builder, graceful, shared, io, info, activity);
+                let heads = ConnHeads::new();
+                let io = Tapped::new(stream, Arc::clone(&heads));
+                let io = Watched::new(io, Arc::clone(&activity), timeouts);
+                let conn = (activity, heads);
+                serve_connection(connections, builder, graceful, shared, io, info, conn);
             }
         }
     }
@@ -249,15 +256,21 @@ fn serve_connection<I>(
     shared: &Arc<Shared>,
     io: I,
     info: ConnInfo,
-    activity: Arc<Activity>,
+    (activity, heads): (Arc<Activity>, Arc<ConnHeads>),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(shared);
     let service = service_fn(move |req| {
         let request = activity.begin_request();
-        let framing_conflict = activity.take_framing_conflict();
-        crate::http::serve(req, Arc::clone(&shared), info, request, framing_conflict)
+        let notes = heads.take_notes();
+        crate::http::serve(
+            req,
+            Arc::clone(&shared),
+            info,
+            request,
+            (Arc::clone(&heads), notes),
+        )
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

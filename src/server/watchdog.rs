@@ -28,15 +28,13 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-use super::framing::HeadScanner;
 
 /// The two timeouts, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +56,6 @@ pub struct Activity {
     opened: Instant,
     /// Nanoseconds from `opened` to when the last request ended.
     last_end: AtomicU64,
-    /// The head being read declared both Content-Length and
-    /// Transfer-Encoding; taken by the service for that request.
-    framing_conflict: AtomicBool,
 }
 
 impl Activity {
@@ -70,13 +65,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             opened: Instant::now(),
             last_end: AtomicU64::new(0),
-            framing_conflict: AtomicBool::new(false),
         })
-    }
-
-    /// Whether the request just parsed declared both framings; clears it.
-    pub fn take_framing_conflict(&self) -> bool {
-        self.framing_conflict.swap(false, Ordering::Relaxed)
     }
 
     /// The instant the last request ended, or the connection opened.
@@ -131,7 +120,6 @@ pub struct Watched<I> {
     /// The instant `sleep` is set to, which may be earlier than the current
     /// deadline: it is moved only when it fires, not on every request.
     armed: Option<Instant>,
-    scanner: HeadScanner,
 }
 
 impl<I> Watched<I> {
@@ -145,7 +133,6 @@ impl<I> Watched<I> {
             seen_started: 0,
             sleep: Box::pin(tokio::time::sleep_until(now + timeouts.keep_alive)),
             armed: None,
-            scanner: HeadScanner::default(),
         }
     }
 
@@ -210,12 +197,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
             if buf.filled().len() > before {
                 if let Phase::Idle(_) = this.phase {
                     this.phase = Phase::Head(Instant::now());
-                    this.scanner.start();
-                }
-                if this.scanner.feed(&buf.filled()[before..]) {
-                    this.activity
-                        .framing_conflict
-                        .store(true, Ordering::Relaxed);
                 }
             }
             return Poll::Ready(result);

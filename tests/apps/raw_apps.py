@@ -317,14 +317,22 @@ async def expect(scope: Scope, receive: Receive, send: Send) -> None:
 
 @http_only
 async def header_order(scope: Scope, receive: Receive, send: Send) -> None:
-    """Send headers with mixed-case values, duplicates and a fixed order."""
+    """Send headers with mixed-case names and values, a name repeated after
+    others, and a fixed order; `?stream` sends the body in two parts."""
     headers = [
-        (b"x-first", b"1"),
+        (b"X-First", b"1"),
         (b"set-cookie", b"a=1; Path=/; HttpOnly"),
-        (b"x-mixed-case", b"VaLuE With  Spaces"),
-        (b"set-cookie", b"b=2; Path=/"),
+        (b"X-Mixed-Case", b"VaLuE With  Spaces"),
+        (b"Set-Cookie", b"b=2; Path=/"),
         (b"x-last", b"Z"),
     ]
+    if scope["query_string"] == b"stream":
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ord", "more_body": True})
+        # Suspending here makes the server send the head before the whole body exists.
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"ered"})
+        return
     await respond(send, b"ordered", headers=headers)
 
 

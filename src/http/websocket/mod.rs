@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use yawc::{DeflateOptions, Options, WebSocket};
 
 use super::body::ResponseBody;
+use super::header_order::NameOrder;
 use super::{access, Shared};
 use crate::bridge::session::{Handshake, Session, WebSocketHead, CLOSE_ABNORMAL};
 use crate::bridge::Event;
@@ -103,6 +104,7 @@ pub async fn handle(
         session: Arc::clone(&session),
         uri: req.uri().clone(),
         headers: req.headers().clone(),
+        header_order: req.extensions_mut().remove::<NameOrder>(),
         client: peer.client,
         server: peer.server,
         scheme: peer.scheme,
