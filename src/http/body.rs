@@ -75,6 +75,9 @@ pub struct StreamBody {
     /// Length hyper writes at most: the app's Content-Length, or 0 for
     /// responses that have no body (HEAD, 204, 304).
     write_limit: Option<u64>,
+    /// The status allows no body (1xx, 204, 304): none is written, and
+    /// nothing announces one.
+    bodiless: bool,
     written: u64,
     done: bool,
     /// Boxed to keep the body small; hyper moves it around while writing.
@@ -96,6 +99,22 @@ impl ResponseBody {
             exchange,
             len,
             write_limit,
+            bodiless: false,
+            written: 0,
+            done: false,
+            access: access.map(Box::new),
+        })
+    }
+
+    /// Creates the body of an app's response whose status allows none, so
+    /// whatever the app sends is dropped. hyper leaves the body out of such HTTP/1.1
+    /// responses itself, but over HTTP/2 it would send it.
+    pub fn bodiless(exchange: Arc<Exchange>, access: Option<AccessRecord>) -> Self {
+        Self::Stream(StreamBody {
+            exchange,
+            len: None,
+            write_limit: Some(0),
+            bodiless: true,
             written: 0,
             done: false,
             access: access.map(Box::new),
@@ -113,6 +132,8 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, AppFailed>>> {
         match self.get_mut() {
             Self::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            // Dropping the body reports to the exchange that the response is written.
+            Self::Stream(stream) if stream.bodiless => Poll::Ready(None),
             Self::Stream(stream) => stream.poll_chunk(cx),
         }
     }
@@ -120,7 +141,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Fixed(bytes) => bytes.is_none(),
-            Self::Stream(stream) => stream.done || stream.len == Some(0),
+            Self::Stream(stream) => stream.done || stream.bodiless || stream.len == Some(0),
         }
     }
 
@@ -144,7 +165,17 @@ impl StreamBody {
         }
         match self.exchange.poll_chunk(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
+                let before = self.written;
                 self.written += chunk.len() as u64;
+                if let Some(limit) = self.write_limit {
+                    if before <= limit && self.written > limit {
+                        // hyper writes only up to the Content-Length.
+                        tracing::error!(
+                            content_length = limit,
+                            "ASGI app sent more body than its content-length; the rest is dropped"
+                        );
+                    }
+                }
                 if let Some(access) = &mut self.access {
                     access.bytes += chunk.len() as u64;
                 }
@@ -152,6 +183,14 @@ impl StreamBody {
             }
             Poll::Ready(None) => {
                 self.done = true;
+                if let Some(limit) = self.write_limit.filter(|&limit| self.written < limit) {
+                    // hyper closes the connection after a body that ends short.
+                    tracing::error!(
+                        content_length = limit,
+                        sent = self.written,
+                        "ASGI app ended the response before its content-length; closing the connection"
+                    );
+                }
                 if let Some(access) = self.access.take() {
                     (*access).log(true);
                 }

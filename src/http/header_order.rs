@@ -91,6 +91,24 @@ impl NameOrder {
     }
 }
 
+/// Appends the headers of `from` whose name passes `keep` to `to`, in
+/// order. Iterating a `HeaderMap` by value gives each name once, then
+/// `None` for its further values, which this follows.
+pub fn append_headers(to: &mut HeaderMap, from: HeaderMap, keep: impl Fn(&HeaderName) -> bool) {
+    let mut current = None;
+    for (name, value) in from {
+        if name.is_some() {
+            current = name;
+        }
+        match &current {
+            Some(name) if keep(name) => {
+                to.append(name.clone(), value);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Response headers as the app sent them, kept when hyper would write them
 /// otherwise: a name with upper-case letters, or a name repeated with
 /// another name in between.
@@ -154,7 +172,8 @@ pub fn restore(lines: &[u8], sent: &SentHeaders, out: &mut Vec<u8>) {
 
     let mut kept = kept.into_iter();
     for (line, taken) in lines.iter().zip(taken) {
-        match kept.next().filter(|_| taken) {
+        let app_header = if taken { kept.next() } else { None };
+        match app_header {
             Some((name, value)) => {
                 out.extend_from_slice(name);
                 out.extend_from_slice(b": ");
@@ -188,6 +207,17 @@ mod tests {
     fn order(names: &[&str]) -> NameOrder {
         let hashes: Vec<u64> = names.iter().map(|n| name_hash(n.as_bytes())).collect();
         NameOrder::new(&hashes)
+    }
+
+    #[test]
+    fn append_headers_keeps_repeated_values() {
+        let from = map(&[("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("drop", "4")]);
+        let mut to = HeaderMap::new();
+        append_headers(&mut to, from, |name| name != "drop");
+        let all: Vec<_> = to.get_all("x-a").iter().collect();
+        assert_eq!(all, ["1", "3"]);
+        assert_eq!(to.get("x-b").unwrap(), "2");
+        assert!(!to.contains_key("drop"));
     }
 
     #[test]
@@ -253,6 +283,39 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "X-First: 1\r\nset-cookie: a=1\r\nContent-Length: 5\r\nset-cookie: b=2\r\n\
              server: fastserve\r\ndate: now\r\n"
+        );
+    }
+
+    #[test]
+    fn restore_keeps_hyper_lines_before_app_headers() {
+        // hyper joined the app's `Connection: keep-alive` with the request's
+        // close, so that app header matches no line and stays out.
+        let sent = SentHeaders(vec![
+            (
+                Bytes::from_static(b"Content-Type"),
+                HeaderValue::from_static("t"),
+            ),
+            (
+                Bytes::from_static(b"Connection"),
+                HeaderValue::from_static("keep-alive"),
+            ),
+            (
+                Bytes::from_static(b"Set-Cookie"),
+                HeaderValue::from_static("a=1"),
+            ),
+            (
+                Bytes::from_static(b"X-Frame-Options"),
+                HeaderValue::from_static("DENY"),
+            ),
+        ]);
+        let lines = b"content-type: t\r\nconnection: keep-alive, close\r\n\
+            set-cookie: a=1\r\nx-frame-options: DENY\r\n";
+        let mut out = Vec::new();
+        restore(lines, &sent, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Content-Type: t\r\nconnection: keep-alive, close\r\n\
+             Set-Cookie: a=1\r\nX-Frame-Options: DENY\r\n"
         );
     }
 

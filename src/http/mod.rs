@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
-use crate::bridge::exchange::HeadOutcome;
+use crate::bridge::exchange::{HeadOutcome, ResponseHead};
 use crate::bridge::{Bridge, Event, Exchange, RequestHead};
 use crate::config::Config;
 use crate::health::{self, Health};
@@ -37,7 +37,7 @@ use crate::server::heads::{ConnHeads, HeadNotes};
 use access::{AccessRecord, X_REQUEST_ID};
 use body::{pump_request_body, ResponseBody};
 use defaults::ResponseDefaults;
-use header_order::{NameOrder, SentHeaders};
+use header_order::{append_headers, NameOrder, SentHeaders};
 use limits::{BodyBudget, Guarded, InFlight, Limits, Permit};
 
 /// Request bodies up to this size, with a known length and no
@@ -187,7 +187,9 @@ pub async fn serve<G: Unpin + Send + 'static>(
             let mut response =
                 websocket::handle(req, &shared, endpoint, peer, Box::new(guard)).await;
             shared.response_defaults.apply(response.headers_mut());
-            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                heads.stop_scanning();
+            } else {
                 heads.resume_scanning();
             }
             return Ok(response.map(|body| Guarded::new(body, None, None)));
@@ -318,32 +320,7 @@ async fn handle(
                 status: head.status,
                 ..record
             });
-            let mut headers = head.headers;
-            let no_body = is_head
-                || head.status.is_informational()
-                || head.status == StatusCode::NO_CONTENT
-                || head.status == StatusCode::NOT_MODIFIED;
-            // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses,
-            // whatever the app set; hyper sends these without a body.
-            if head.status.is_informational() || head.status == StatusCode::NO_CONTENT {
-                headers.remove(CONTENT_LENGTH);
-                headers.remove(TRANSFER_ENCODING);
-            }
-            let write_limit = if no_body {
-                Some(0)
-            } else {
-                headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|value| value.to_str().ok()?.trim().parse().ok())
-            };
-            let body = ResponseBody::stream(exchange, body_len, write_limit, access);
-            let mut response = Response::new(body);
-            *response.status_mut() = head.status;
-            *response.headers_mut() = headers;
-            if let Some(sent) = head.sent {
-                response.extensions_mut().insert(sent);
-            }
-            response
+            app_response(head, body_len, exchange, is_head, access)
         }
         // Acquire pairs with the Release store in `BodyBudget::charge`.
         HeadOutcome::Failed if body_over_limit.is_some_and(|flag| flag.load(Ordering::Acquire)) => {
@@ -356,6 +333,73 @@ async fn handle(
         }
     };
     (response, permit, request_id)
+}
+
+/// Builds the response from the app's `http.response.start` and the body
+/// that follows it; `body_len` is the body's length when it came whole.
+fn app_response(
+    head: ResponseHead,
+    body_len: Option<u64>,
+    exchange: Arc<Exchange>,
+    is_head: bool,
+    access: Option<AccessRecord>,
+) -> Response<ResponseBody> {
+    let status = head.status;
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut headers = head.headers;
+    // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses, whatever
+    // the app set.
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        headers = without_framing(headers);
+    }
+
+    // The app's Content-Length was checked to be a number when it sent it.
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
+    let body = if bodiless {
+        ResponseBody::bodiless(exchange, access)
+    } else {
+        // hyper trusts an exact body size over a Content-Length header, so a
+        // whole body of another length goes out with the header's framing.
+        let body_len = match (body_len, declared) {
+            (Some(len), Some(declared)) if len != declared && !is_head => {
+                tracing::error!(
+                    content_length = declared,
+                    body_len = len,
+                    "ASGI app sent a body whose length differs from its content-length"
+                );
+                None
+            }
+            (len, _) => len,
+        };
+        let write_limit = if is_head { Some(0) } else { declared };
+        ResponseBody::stream(exchange, body_len, write_limit, access)
+    };
+
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    if let Some(sent) = head.sent {
+        response.extensions_mut().insert(sent);
+    }
+    response
+}
+
+/// Drops `content-length` and `transfer-encoding` and keeps the order of
+/// the rest, which `HeaderMap::remove` does not (it moves the last header
+/// into the gap).
+fn without_framing(headers: http::HeaderMap) -> http::HeaderMap {
+    if !headers.contains_key(CONTENT_LENGTH) && !headers.contains_key(TRANSFER_ENCODING) {
+        return headers;
+    }
+    let mut kept = http::HeaderMap::with_capacity(headers.len());
+    append_headers(&mut kept, headers, |name| {
+        name != CONTENT_LENGTH && name != TRANSFER_ENCODING
+    });
+    kept
 }
 
 /// Builds a response made by the server itself and logs it in the access log.
@@ -422,18 +466,7 @@ fn with_host_first(headers: http::HeaderMap, uri: &http::Uri) -> http::HeaderMap
     };
     let mut ordered = http::HeaderMap::with_capacity(headers.len() + 1);
     ordered.insert(http::header::HOST, host);
-    let mut last_name = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            last_name = Some(name);
-        }
-        match &last_name {
-            Some(name) if name != http::header::HOST => {
-                ordered.append(name.clone(), value);
-            }
-            _ => {}
-        }
-    }
+    append_headers(&mut ordered, headers, |name| name != http::header::HOST);
     ordered
 }
 

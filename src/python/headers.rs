@@ -2,7 +2,7 @@
 //! the form hyper writes, plus the headers as sent when that form would
 //! change their order or the case of a name.
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::HeaderMap;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -44,6 +44,14 @@ pub fn convert_headers(
                 "invalid value for header {header_name:?} in {kind}: control characters are not allowed"
             ))
         })?;
+        // The response is framed by it, so a value hyper cannot use is an
+        // error of the app, not a header to pass on.
+        if header_name == CONTENT_LENGTH && !is_length(value.as_bytes()) {
+            return Err(PyRuntimeError::new_err(format!(
+                "invalid content-length {:?} in {kind}: expected a number of bytes",
+                String::from_utf8_lossy(value.as_bytes())
+            )));
+        }
 
         if let Some(sent) = &mut sent {
             sent.0
@@ -67,4 +75,13 @@ pub fn convert_headers(
         previous = Some(name);
     }
     Ok((map, sent))
+}
+
+/// Digits of the longest length accepted; every 19-digit number fits a u64.
+const MAX_LENGTH_DIGITS: usize = 19;
+
+/// Checks that `value` is a decimal length, optionally with spaces around.
+fn is_length(value: &[u8]) -> bool {
+    let digits = value.trim_ascii();
+    !digits.is_empty() && digits.len() <= MAX_LENGTH_DIGITS && digits.iter().all(u8::is_ascii_digit)
 }

@@ -201,9 +201,35 @@ async def chunks(scope: Scope, receive: Receive, send: Send) -> None:
 @http_only
 async def no_content(scope: Scope, receive: Receive, send: Send) -> None:
     """Send 204 with a content-length and body bytes that the server must both drop."""
-    headers = [(b"content-length", b"5"), (b"x-kind", b"no-content")]
+    headers = [
+        (b"x-first", b"1"),
+        (b"content-length", b"5"),
+        (b"x-kind", b"no-content"),
+        (b"x-last", b"2"),
+    ]
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b"hello"})
+
+
+@http_only
+async def length_mismatch(scope: Scope, receive: Receive, send: Send) -> None:
+    """Send b"hello" in one piece with the content-length given as the query."""
+    headers = [(b"content-length", scope["query_string"])]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@http_only
+async def joined_headers(scope: Scope, receive: Receive, send: Send) -> None:
+    """Send a Connection header that the server joins with the request's close."""
+    headers = [
+        (b"Content-Type", b"text/plain"),
+        (b"Connection", b"keep-alive"),
+        (b"Set-Cookie", b"a=1"),
+        (b"X-Frame-Options", b"DENY"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
 
 
 @http_only
@@ -399,6 +425,8 @@ ROUTES: dict[str, App] = {
     "/unsized": unsized,
     "/expect": expect,
     "/header-order": header_order,
+    "/length-mismatch": length_mismatch,
+    "/joined-headers": joined_headers,
     "/custom-server": custom_server,
     "/receive-log": receive_log,
     "/state": state_check,

@@ -85,8 +85,9 @@ async def scope(websocket: WebSocket) -> None:
 
 @app.websocket("/headers")
 async def headers(websocket: WebSocket) -> None:
-    """Accept with an extra response header, then close normally."""
-    await websocket.accept(headers=[(b"x-custom", b"yes")])
+    """Accept with extra response headers, one name twice, then close normally."""
+    headers = [(b"x-custom", b"yes"), (b"x-other", b"2"), (b"x-custom", b"again")]
+    await websocket.accept(headers=headers)
     await websocket.close()
 
 

@@ -134,6 +134,8 @@ def test_no_content_drops_content_length(raw_server: Server) -> None:
     assert response.header("x-kind") == b"no-content"
     assert response.header("content-length") is None
     assert response.header("transfer-encoding") is None
+    app_names = [name for name in response.header_names() if name.startswith(b"x-")]
+    assert app_names == [b"x-first", b"x-kind", b"x-last"]
 
 
 def test_no_content_sends_no_body(raw_server: Server) -> None:
@@ -163,8 +165,9 @@ def test_not_modified_sends_no_body(raw_server: Server) -> None:
     [
         [("content-length", "5"), ("transfer-encoding", "chunked")],
         [("Transfer-Encoding", "chunked"), ("Content-Length", "5")],
+        [("transfer-encoding", "chunked"), ("content-length", "abc")],
     ],
-    ids=["length-first", "chunked-first"],
+    ids=["length-first", "chunked-first", "length-without-digits"],
 )
 def test_content_length_with_chunked_rejected(
     raw_server: Server, headers: list[tuple[str, str]]
@@ -204,6 +207,24 @@ def test_framing_checked_after_refused_upgrade(raw_server: Server) -> None:
         closed = conn.wait_closed()
     assert first.status == 200
     assert second.status == 400
+    assert closed
+
+
+@pytest.mark.uvicorn_differs(
+    reason="answers only the 400 when a later request in the same read is invalid"
+)
+def test_framing_checked_after_pipelined_refused_upgrade(raw_server: Server) -> None:
+    """The second head arrives while the scanner waits for the upgrade's response."""
+    first = build_request("GET", "/hello", [("connection", "upgrade"), ("upgrade", "h2c")])
+    second = build_request(
+        "POST", "/count", [("content-length", "5"), ("transfer-encoding", "chunked")]
+    )
+    with raw_server.open() as conn:
+        conn.send(first + second + chunked(b"hello"))
+        responses = [conn.read_response(), conn.read_response()]
+        closed = conn.wait_closed()
+    assert responses[0].status == 200
+    assert responses[1].status == 400
     assert closed
 
 
@@ -318,6 +339,45 @@ def test_response_header_name_case_kept(
     with server.open() as conn:
         response = conn.request("GET", target)
     assert app_headers(response) == HEADER_ORDER_SENT
+
+
+def test_joined_app_header_keeps_the_others(raw_server: Server) -> None:
+    """hyper joins the app's Connection value with close; every other header goes out once."""
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/joined-headers", [("connection", "close")])
+    skipped = {b"connection", b"content-length", b"date", b"server", b"transfer-encoding"}
+    names = [name.lower() for name in response.header_names() if name not in skipped]
+    assert names == [b"content-type", b"set-cookie", b"x-frame-options"]
+    assert response.body == b"ok"
+
+
+@pytest.mark.uvicorn_differs(reason="closes the connection after the declared length")
+def test_body_longer_than_content_length_cut(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        conn.send(build_request("GET", "/length-mismatch?3") + build_request("GET", "/hello"))
+        first = conn.read_response()
+        second = conn.read_response()
+    assert first.body == b"hel"
+    assert second.version == b"HTTP/1.1"
+    assert second.body == HELLO_BODY
+
+
+def test_body_shorter_than_content_length_closes(raw_server: Server) -> None:
+    """The client must not take what arrives for a complete response."""
+    with raw_server.open() as conn:
+        conn.send(build_request("GET", "/length-mismatch?10"))
+        received = conn.read_available(timeout=3)
+        closed = conn.wait_closed(timeout=0.5)
+    _, _, body = received.partition(b"\r\n\r\n")
+    assert len(body) < 10
+    assert closed
+
+
+@pytest.mark.uvicorn_differs(reason="closes the connection without a response")
+def test_invalid_content_length_gives_500(raw_server: Server) -> None:
+    with raw_server.open() as conn:
+        response = conn.request("GET", "/length-mismatch?abc")
+    assert response.status == 500
 
 
 @pytest.mark.fastserve_only

@@ -50,3 +50,14 @@ def test_http2_requests_share_one_connection(kind: str, server: Server) -> None:
         responses = [client.get(f"{server.url}/hello") for _ in range(20)]
     assert {r.status_code for r in responses} == {200}
     assert {r.http_version for r in responses} == {"HTTP/2"}
+
+
+def test_http2_no_content_has_no_body(kind: str, server: Server) -> None:
+    """The app sends a content-length and body bytes with its 204; neither goes out."""
+    with h2_client() as client:
+        response = client.get(f"{server.url}/no-content")
+        after = client.get(f"{server.url}/hello")
+    assert response.status_code == 204
+    assert "content-length" not in response.headers
+    assert response.content == b""
+    assert after.status_code == 200

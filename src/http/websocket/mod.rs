@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use yawc::{DeflateOptions, Options, WebSocket};
 
 use super::body::ResponseBody;
-use super::header_order::NameOrder;
+use super::header_order::{append_headers, NameOrder};
 use super::{access, Shared};
 use crate::bridge::session::{Handshake, Session, WebSocketHead, CLOSE_ABNORMAL};
 use crate::bridge::Event;
@@ -168,11 +168,7 @@ fn accept(
     if let Some(value) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
         parts.headers.insert(SEC_WEBSOCKET_PROTOCOL, value);
     }
-    for (name, value) in extra_headers {
-        if let Some(name) = name {
-            parts.headers.append(name, value);
-        }
-    }
+    append_headers(&mut parts.headers, extra_headers, |_| true);
     if !parts.headers.contains_key(SERVER) {
         parts
             .headers

@@ -1,5 +1,5 @@
-//! What an HTTP/1.1 connection's heads carry that hyper's parsed form drops,
-//! read and restored on the socket itself.
+//! The parts of HTTP/1.1 heads that hyper's parsed form drops, read and
+//! restored on the socket itself.
 //!
 //! [`Tapped`] wraps a connection's socket. On the way in, its
 //! [`RequestScanner`] notes the request heads that declare both framings or
@@ -21,7 +21,7 @@ use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use http::header::HeaderValue;
@@ -46,7 +46,9 @@ const MAX_SLICES: usize = 8;
 /// mutexes that are never contended.
 #[derive(Debug)]
 pub struct ConnHeads {
-    notes: Mutex<VecDeque<(u64, HeadNotes)>>,
+    /// The scanner and the notes it left. The scanner lives here rather
+    /// than in the socket wrapper because the service resumes it.
+    scan: Mutex<Scan>,
     notes_waiting: AtomicUsize,
     /// Requests the service has taken notes for, which is the next index.
     requests: AtomicU64,
@@ -54,23 +56,32 @@ pub struct ConnHeads {
     restores_waiting: AtomicUsize,
     /// Numbers given to restores so far.
     restores_made: AtomicU64,
-    /// Set when scanning should go on, to the index of the next request.
-    resume_at: AtomicU64,
 }
 
-/// `resume_at` when scanning should not resume.
-const NO_RESUME: u64 = u64::MAX;
+/// The request scanner of a connection and the notes waiting for requests.
+#[derive(Debug, Default)]
+struct Scan {
+    scanner: RequestScanner,
+    notes: VecDeque<(u64, HeadNotes)>,
+}
+
+impl Scan {
+    fn feed(&mut self, bytes: &[u8]) {
+        let notes = &mut self.notes;
+        self.scanner
+            .feed(bytes, |index, head| notes.push_back((index, head)));
+    }
+}
 
 impl ConnHeads {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            notes: Mutex::default(),
+            scan: Mutex::default(),
             notes_waiting: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             restores: Mutex::default(),
             restores_waiting: AtomicUsize::new(0),
             restores_made: AtomicU64::new(0),
-            resume_at: AtomicU64::new(NO_RESUME),
         })
     }
 
@@ -81,7 +92,8 @@ impl ConnHeads {
         if self.notes_waiting.load(Ordering::Relaxed) == 0 {
             return HeadNotes::default();
         }
-        let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut scan = self.lock_scan();
+        let notes = &mut scan.notes;
         while notes.front().is_some_and(|(i, _)| *i < index) {
             notes.pop_front();
         }
@@ -105,18 +117,32 @@ impl ConnHeads {
     }
 
     /// Resumes scanning after a request for an upgrade got an ordinary
-    /// response, so the connection goes on with HTTP/1.1 requests.
+    /// response, so the connection goes on with HTTP/1.1 requests. The
+    /// bytes read meanwhile are scanned now, before hyper parses them.
     pub fn resume_scanning(&self) {
-        // The client waits for this response before it sends more, so the
-        // next bytes start the head of the next request.
-        let next = self.requests.load(Ordering::Relaxed);
-        self.resume_at.store(next, Ordering::Relaxed);
+        let mut scan = self.lock_scan();
+        let held = scan.scanner.resume();
+        scan.feed(&held);
+        self.notes_waiting
+            .store(scan.notes.len(), Ordering::Relaxed);
     }
 
-    fn add_notes(&self, index: u64, head: HeadNotes) {
-        let mut notes = self.notes.lock().unwrap_or_else(PoisonError::into_inner);
-        notes.push_back((index, head));
-        self.notes_waiting.store(notes.len(), Ordering::Relaxed);
+    /// Stops scanning for good: the connection switched protocols.
+    pub fn stop_scanning(&self) {
+        self.lock_scan().scanner.stop();
+    }
+
+    /// Scans bytes just read from the socket.
+    fn scan(&self, bytes: &[u8]) {
+        let mut scan = self.lock_scan();
+        scan.feed(bytes);
+        self.notes_waiting
+            .store(scan.notes.len(), Ordering::Relaxed);
+    }
+
+    fn lock_scan(&self) -> MutexGuard<'_, Scan> {
+        // A panic while the lock was held left plain data behind; carry on.
+        self.scan.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes the restore numbered `number`, dropping older ones whose
@@ -142,7 +168,6 @@ impl ConnHeads {
 pub struct Tapped<I> {
     io: I,
     heads: Arc<ConnHeads>,
-    scanner: RequestScanner,
     /// A restored head, and how much of it is written.
     restored: Vec<u8>,
     restored_written: usize,
@@ -155,7 +180,6 @@ impl<I> Tapped<I> {
         Self {
             io,
             heads,
-            scanner: RequestScanner::default(),
             restored: Vec::new(),
             restored_written: 0,
             marked: None,
@@ -306,14 +330,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tapped<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut this.io).poll_read(cx, buf));
-        let resume_at = this.heads.resume_at.swap(NO_RESUME, Ordering::Relaxed);
-        if resume_at != NO_RESUME {
-            this.scanner.resume(resume_at);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            this.heads.scan(read);
         }
-        let heads = &this.heads;
-        this.scanner.feed(&buf.filled()[before..], |index, notes| {
-            heads.add_notes(index, notes)
-        });
         Poll::Ready(result)
     }
 }

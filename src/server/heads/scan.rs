@@ -18,6 +18,14 @@ use crate::http::header_order::{NameHasher, NameOrder};
 /// Header lines tracked per head; hyper rejects a head with more than 100.
 const MAX_TRACKED_HEADERS: usize = 128;
 
+/// The first line of the HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Maximum bytes kept while paused after a request for an upgrade. A client
+/// sends nothing more before the response as a rule, so past this scanning
+/// stops rather than holding more.
+const MAX_HELD: usize = 64 * 1024;
+
 /// Maximum length of a header name compared with the framing names, in bytes.
 const FRAMING_NAME_LEN: usize = 17;
 
@@ -68,8 +76,8 @@ enum State {
 struct Head {
     /// Bytes in the request line so far (none of the leading empty lines).
     line_len: usize,
-    /// The start of the request line, to spot `PRI` and `CONNECT`.
-    method: [u8; 8],
+    /// The start of the request line, to spot the HTTP/2 preface and `CONNECT`.
+    request_line: [u8; PREFACE_LINE.len()],
     /// The current header name: length, hash and lower-cased start.
     name_len: usize,
     name_start: [u8; FRAMING_NAME_LEN],
@@ -80,6 +88,8 @@ struct Head {
     seen: u64,
     out_of_order: bool,
     too_many: bool,
+    /// A `Content-Length` line was sent, valid or not.
+    content_length_sent: bool,
     /// The length all `Content-Length` values agreed on so far.
     content_length: Option<u64>,
     /// The `Content-Length` value being read.
@@ -111,6 +121,8 @@ pub struct RequestScanner {
     /// Heads completed so far, which is the index of the head being read.
     completed: u64,
     head: Head,
+    /// Bytes read while paused, scanned if the connection stays HTTP/1.1.
+    held: Vec<u8>,
 }
 
 impl Default for RequestScanner {
@@ -119,6 +131,7 @@ impl Default for RequestScanner {
             state: State::RequestLine,
             completed: 0,
             head: Head::default(),
+            held: Vec::new(),
         }
     }
 }
@@ -129,7 +142,15 @@ impl RequestScanner {
     pub fn feed(&mut self, mut bytes: &[u8], mut notable: impl FnMut(u64, HeadNotes)) {
         while !bytes.is_empty() {
             let used = match self.state {
-                State::Paused | State::Stopped => return,
+                State::Stopped => return,
+                State::Paused => {
+                    if self.held.len() + bytes.len() > MAX_HELD {
+                        self.stop();
+                    } else {
+                        self.held.extend_from_slice(bytes);
+                    }
+                    return;
+                }
                 State::Body { remaining } => {
                     let used = remaining.min(bytes.len() as u64);
                     let remaining = remaining - used;
@@ -173,14 +194,21 @@ impl RequestScanner {
         }
     }
 
-    /// Lets scanning go on after a request that asked for an upgrade got an
-    /// ordinary response, so the connection stays HTTP/1.1. The next byte
-    /// starts the head of request `next`.
-    pub fn resume(&mut self, next: u64) {
-        if self.state == State::Paused {
-            self.state = State::RequestLine;
-            self.completed = next;
+    /// Lets scanning go on after a request for an upgrade got an ordinary
+    /// response, so the connection stays HTTP/1.1. Returns the bytes read
+    /// while paused, which the caller feeds next.
+    pub fn resume(&mut self) -> Vec<u8> {
+        if self.state != State::Paused {
+            return Vec::new();
         }
+        self.state = State::RequestLine;
+        std::mem::take(&mut self.held)
+    }
+
+    /// Stops scanning for good, for a connection that switched protocols.
+    pub fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.held = Vec::new();
     }
 
     /// Handles one byte in a state that reads byte by byte.
@@ -190,15 +218,13 @@ impl RequestScanner {
             State::RequestLine => match byte {
                 b'\n' if head.line_len == 0 => {}
                 b'\n' => {
-                    self.state = if head.method.starts_with(b"PRI ") {
-                        State::Stopped
-                    } else {
-                        State::Name
-                    };
+                    let preface = head.line_len == PREFACE_LINE.len()
+                        && head.request_line[..] == *PREFACE_LINE;
+                    self.state = if preface { State::Stopped } else { State::Name };
                 }
                 b'\r' => {}
                 _ => {
-                    if let Some(slot) = head.method.get_mut(head.line_len) {
+                    if let Some(slot) = head.request_line.get_mut(head.line_len) {
                         *slot = byte;
                     }
                     head.line_len += 1;
@@ -300,7 +326,10 @@ impl RequestScanner {
         let hash = std::mem::take(&mut head.hasher).finish();
         let known = head.name_len <= FRAMING_NAME_LEN;
         self.state = match name {
-            b"content-length" if known => State::ContentLength,
+            b"content-length" if known => {
+                head.content_length_sent = true;
+                State::ContentLength
+            }
             b"transfer-encoding" if known => {
                 head.transfer_encoding = true;
                 head.coding_len = 0;
@@ -332,7 +361,9 @@ impl RequestScanner {
         let index = self.completed;
         self.completed += 1;
 
-        let framing_conflict = head.transfer_encoding && head.content_length.is_some();
+        // hyper ignores a Content-Length beside Transfer-Encoding, even one
+        // without digits, so any such line counts.
+        let framing_conflict = head.transfer_encoding && head.content_length_sent;
         let order = (head.out_of_order && !head.too_many).then(|| NameOrder::new(&head.names));
         if framing_conflict || order.is_some() {
             notable(
@@ -344,7 +375,7 @@ impl RequestScanner {
             );
         }
 
-        let connect = head.method.starts_with(b"CONNECT ");
+        let connect = head.request_line.starts_with(b"CONNECT ");
         let chunked = head.coding_len == 7 && &head.coding[..7] == b"chunked";
         self.state = if head.upgrade || connect {
             State::Paused
@@ -511,19 +542,58 @@ mod tests {
     }
 
     #[test]
+    fn pri_method_is_not_the_preface() {
+        let bytes = b"PRI /echo HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(conflicts(&scan(&[bytes]).0), [1]);
+    }
+
+    #[test]
+    fn length_without_digits_beside_chunked_conflicts() {
+        for length in ["abc", "", "-1"] {
+            let head = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: {length}\r\n\r\n"
+            );
+            assert_eq!(conflicts(&scan(&[head.as_bytes()]).0), [0], "{length:?}");
+        }
+    }
+
+    #[test]
     fn upgrade_pauses_until_resumed() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+        let framing = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (found, mut scanner) = scan(&[upgrade, &framing[..10]]);
+        assert!(found.is_empty());
+        assert_eq!(scanner.state, State::Paused);
+
+        // The pipelined head read while paused is scanned on resume.
+        let mut found = Vec::new();
+        let held = scanner.resume();
+        scanner.feed(&held, |index, notes| found.push((index, notes)));
+        scanner.feed(&framing[10..], |index, notes| found.push((index, notes)));
+        assert_eq!(conflicts(&found), [1]);
+    }
+
+    #[test]
+    fn switched_protocol_is_not_scanned() {
         let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let (_, mut scanner) = scan(&[upgrade]);
-        assert_eq!(scanner.state, State::Paused);
+        scanner.stop();
         let mut found = Vec::new();
         let frame = b"\x81\x05Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         scanner.feed(frame, |index, notes| found.push((index, notes)));
         assert!(found.is_empty());
+        assert!(scanner.resume().is_empty());
+        assert_eq!(scanner.state, State::Stopped);
+    }
 
-        scanner.resume(1);
-        let next = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        scanner.feed(next, |index, notes| found.push((index, notes)));
-        assert_eq!(conflicts(&found), [1]);
+    #[test]
+    fn paused_scanner_holds_a_bounded_amount() {
+        let upgrade = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n";
+        let (_, mut scanner) = scan(&[upgrade]);
+        scanner.feed(&vec![b'x'; MAX_HELD + 1], |_, _| {});
+        assert_eq!(scanner.state, State::Stopped);
+        assert!(scanner.held.is_empty());
     }
 
     #[test]
