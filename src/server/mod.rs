@@ -185,6 +185,9 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         // hyper's own timer would count idle time as header time.
         .header_read_timeout(None)
         .keep_alive(true)
+        // A client that shuts down its sending side after a request (as
+        // `nc` and some test tools do) still gets the response.
+        .half_close(true)
         .auto_date_header(config.date_header)
         // hyper returns 431 when a head fills its read buffer. hyper-util's
         // auto builder does not expose hyper's `max_header_size`.

@@ -4,6 +4,7 @@ Each test asserts the behaviour fastserve promises. Where uvicorn is known to
 differ, the test carries `uvicorn_differs` and only records what uvicorn does.
 """
 
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -45,6 +46,16 @@ def test_pipelined_requests_answered_in_order(raw_server: Server) -> None:
     assert bodies[0] == b"slept 300 ms on /sleep/first"
     assert bodies[1] == b"slept 0 ms on /sleep/second"
     assert bodies[2] == HELLO_BODY
+
+
+@pytest.mark.uvicorn_differs(reason="drops a slow response once the client shuts down its side")
+def test_half_closed_client_gets_response(raw_server: Server) -> None:
+    """A client may shut down its sending side and still read the response."""
+    with raw_server.open() as conn:
+        conn.send(build_request("GET", "/sleep/slow?ms=100"))
+        conn.sock.shutdown(socket.SHUT_WR)
+        response = conn.read_response()
+    assert response.body == b"slept 100 ms on /sleep/slow"
 
 
 def test_chunked_request_body_read(raw_server: Server) -> None:
