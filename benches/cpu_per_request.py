@@ -85,7 +85,7 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[int, float]:
 
 def measure(binary: str, args: argparse.Namespace) -> tuple[float, float]:
     """Serve the app with `binary`; return (requests per second, CPU µs per request)."""
-    env = dict(os.environ, VIRTUAL_ENV=str(Path(args.python).resolve().parent.parent))
+    env = dict(os.environ, VIRTUAL_ENV=str(Path(args.python).absolute().parent.parent))
     command = [
         "taskset", "-c", "0", str(Path(binary).resolve()), args.app, "--host", "127.0.0.1",
         "--port", str(args.port), "--no-access-log", "--log-level", "warning",

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bridge::Bridge;
+use crate::bridge::{self, Bridge};
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::Shared;
@@ -139,6 +139,7 @@ pub fn run(config: &Config, mut env: WorkerEnv) -> Result<(), u8> {
     let accept_early = env.accept_early;
 
     let outcome = runtime.block_on(async {
+        tokio::spawn(bridge::relay::run());
         let serving = server::serve(socket, Arc::clone(&shared), config);
         tokio::pin!(serving);
 

@@ -6,6 +6,7 @@
 //! the whole queue in one go, so a burst of requests costs one wake-up.
 
 pub mod exchange;
+pub mod relay;
 pub mod session;
 
 use std::cell::RefCell;
@@ -138,7 +139,7 @@ pub fn wake_later(waker: Waker) {
         None => Some(waker),
     });
     if let Some(waker) = waker {
-        waker.wake();
+        relay::hand_off([waker]);
     }
 }
 
@@ -158,9 +159,7 @@ impl DeferWakers {
 impl Drop for DeferWakers {
     fn drop(&mut self) {
         let wakers = DEFERRED_WAKERS.with(|deferred| deferred.borrow_mut().take());
-        for waker in wakers.into_iter().flatten() {
-            waker.wake();
-        }
+        relay::hand_off(wakers.into_iter().flatten());
     }
 }
 
