@@ -269,7 +269,7 @@ pub fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_
 
 /// Converts ASGI response headers (an iterable of `[name, value]` byte
 /// pairs). The server's default headers are added on the tokio side.
-fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
+pub fn convert_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
     let mut map = HeaderMap::new();
     for pair in headers.try_iter()? {
         let pair = pair?;

@@ -169,7 +169,10 @@ fn full_path<'py>(
     Ok(PyString::new(py, &format!("{root}{decoded}")))
 }
 
-fn header_list<'py>(py: Python<'py>, headers: &http::HeaderMap) -> PyResult<Bound<'py, PyList>> {
+pub fn header_list<'py>(
+    py: Python<'py>,
+    headers: &http::HeaderMap,
+) -> PyResult<Bound<'py, PyList>> {
     let items = headers.iter().map(|(name, value)| {
         PyTuple::new(
             py,
