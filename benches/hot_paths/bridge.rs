@@ -23,25 +23,40 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use tokio::runtime::Runtime;
 
-use crate::inputs::{RequestTemplate, HELLO_BODY};
+use crate::inputs::{RequestTemplate, BROWSER_HEADERS, HELLO_BODY, WRK_HEADERS};
 use crate::PythonSide;
 use fastserve::bridge::exchange::HeadOutcome;
 use fastserve::bridge::{Bridge, Event, Exchange};
 
-/// Requests queued in one pass of the tokio side. One request pays a full
-/// round of wake-ups; larger batches share it.
+/// Requests with the browser's headers queued in one pass of the tokio
+/// side. One request pays a full round of wake-ups; larger batches share it.
 const BATCH_SIZES: [u64; 3] = [1, 16, 64];
 
-/// Measures the time per request for batches of [`BATCH_SIZES`] requests.
+/// Batch size for requests with wrk's one header, which shows the cost of
+/// the request the load comparison sends.
+const WRK_BATCH_SIZE: u64 = 16;
+
+/// Measures the time per request for batches of [`BATCH_SIZES`] browser
+/// requests and of [`WRK_BATCH_SIZE`] wrk requests.
 pub fn bench(criterion: &mut Criterion, python_side: &PythonSide) {
     let bridge = &python_side.bridge;
     let runtime = tokio_side(bridge);
-    let template = RequestTemplate::new("/");
-    check_batch(&runtime, bridge, &template);
+    let browser = RequestTemplate::new("/", &BROWSER_HEADERS);
+    let wrk = RequestTemplate::new("/", &WRK_HEADERS);
+    let mut cases: Vec<(String, &RequestTemplate, u64)> = BATCH_SIZES
+        .iter()
+        .map(|&size| (format!("browser_12_batch_{size}"), &browser, size))
+        .collect();
+    cases.push((
+        format!("wrk_1_batch_{WRK_BATCH_SIZE}"),
+        &wrk,
+        WRK_BATCH_SIZE,
+    ));
 
     let mut group = criterion.benchmark_group("bridge");
-    for batch_size in BATCH_SIZES {
-        let id = BenchmarkId::new("hello_per_request", format!("batch_{batch_size}"));
+    for (name, template, batch_size) in cases {
+        check_batch(&runtime, bridge, template, batch_size);
+        let id = BenchmarkId::new("hello_per_request", name);
         group.bench_function(id, |bencher| {
             bencher.iter_custom(|iterations| {
                 // Whole batches only: the last one may run a few requests
@@ -49,7 +64,7 @@ pub fn bench(criterion: &mut Criterion, python_side: &PythonSide) {
                 let batches = iterations.div_ceil(batch_size);
                 let start = Instant::now();
                 for _ in 0..batches {
-                    let lengths = runtime.block_on(run_batch(bridge, &template, batch_size));
+                    let lengths = runtime.block_on(run_batch(bridge, template, batch_size));
                     assert!(lengths.iter().all(|&length| length == HELLO_BODY.len()));
                 }
                 let requests = batches * batch_size;
@@ -103,14 +118,17 @@ async fn exchange_hello(bridge: &Arc<Bridge>, template: &RequestTemplate) -> usi
     length
 }
 
-/// Runs one batch of each size and checks every response, so a broken
-/// hand-off fails the run, not only its numbers.
-fn check_batch(runtime: &Runtime, bridge: &Arc<Bridge>, template: &RequestTemplate) {
-    for batch_size in BATCH_SIZES {
-        let lengths = runtime.block_on(run_batch(bridge, template, batch_size));
-        assert_eq!(lengths.len() as u64, batch_size);
-        for length in lengths {
-            assert_eq!(length, HELLO_BODY.len());
-        }
+/// Runs one batch and checks every response, so a broken hand-off fails
+/// the run, not only its numbers.
+fn check_batch(
+    runtime: &Runtime,
+    bridge: &Arc<Bridge>,
+    template: &RequestTemplate,
+    batch_size: u64,
+) {
+    let lengths = runtime.block_on(run_batch(bridge, template, batch_size));
+    assert_eq!(lengths.len() as u64, batch_size);
+    for length in lengths {
+        assert_eq!(length, HELLO_BODY.len());
     }
 }

@@ -39,6 +39,10 @@ pub const BROWSER_HEADERS: [(&str, &str); 12] = [
     ("accept-language", "en-US,en;q=0.9"),
 ];
 
+/// The one header wrk sends by default, as in the load comparison
+/// (`benches/compare.py`).
+pub const WRK_HEADERS: [(&str, &str); 1] = [("host", "127.0.0.1:8000")];
+
 /// Headers that Starlette's `JSONResponse` (under FastAPI) sends for a small
 /// object such as `{"message":"Hello World"}`.
 pub const FASTAPI_JSON_HEADERS: [(&str, &str); 2] = [
@@ -92,9 +96,9 @@ pub fn asgi_headers<'py>(py: Python<'py>, pairs: &[(&str, &str)]) -> Bound<'py, 
     PyList::new(py, tuples).expect("a list of tuples can be built")
 }
 
-/// A `GET` with the browser headers, from a client on the local network to
-/// a server on port 8080, with no request body. Each head made from it
-/// copies the headers, as each request brings its own.
+/// A `GET` from a client on the local network to a server on port 8080,
+/// with no request body. Each head made from it copies the headers, as
+/// each request brings its own.
 #[derive(Debug)]
 pub struct RequestTemplate {
     uri: Uri,
@@ -102,11 +106,11 @@ pub struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    /// Creates a template for requests to `path_and_query`.
-    pub fn new(path_and_query: &str) -> Self {
+    /// Creates a template for requests to `path_and_query` with `headers`.
+    pub fn new(path_and_query: &str, headers: &[(&'static str, &'static str)]) -> Self {
         Self {
             uri: Uri::try_from(path_and_query).expect("valid request target"),
-            headers: header_map(&BROWSER_HEADERS),
+            headers: header_map(headers),
         }
     }
 
