@@ -15,35 +15,18 @@
 //! | 1 | runtime failure (socket, runtime, forced exit) |
 //! | 2 | usage or configuration error |
 //! | 3 | the app could not be imported, or its lifespan startup failed |
-
-mod bridge;
-mod cli;
-mod config;
-mod envfile;
-mod health;
-mod http;
-mod logging;
-mod proxy;
-mod python;
-mod server;
-mod supervisor;
-mod version;
-mod worker;
+//!
+//! The modules live in the library (`src/lib.rs`), which also defines these
+//! codes as the `EXIT_*` constants.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
-use config::{Config, Environment};
-use worker::WorkerEnv;
-
-/// Exit code for a runtime failure.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code for a usage or configuration error; clap uses it too.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code when the app cannot start, as uvicorn uses it.
-pub const EXIT_APP_START: u8 = 3;
+use fastserve::cli::{Cli, Command};
+use fastserve::config::{Config, Environment};
+use fastserve::worker::{self, WorkerEnv};
+use fastserve::{envfile, health, logging, supervisor, EXIT_FAILURE, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();

@@ -175,7 +175,7 @@ fn full_path<'py>(
 /// The scope's `headers`: in the order sent when `order` has it, which
 /// only differs from the map's order for a name repeated with another name
 /// in between.
-fn header_list<'py>(
+pub fn header_list<'py>(
     py: Python<'py>,
     headers: &http::HeaderMap,
     order: Option<&NameOrder>,
