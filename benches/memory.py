@@ -1,12 +1,15 @@
 """Per-process memory of fastserve and uvicorn: idle, after load and with idle connections.
 
 For each server and app the script starts one fresh server pinned to a CPU,
-then reads /proc/PID/smaps of every process in its tree at three points:
+then reads /proc/PID/smaps of every process in its tree at these points:
 
-1. idle, one second after the first 200;
-2. after a bounded wrk run (one thread, `--connections`, `--duration`);
-3. with `--idle` extra keep-alive connections open, each after one complete
-   request, which gives the cost of one idle connection.
+1. idle, two seconds after the first 200;
+2. with `--idle` keep-alive connections open, each after one complete
+   request. The growth from step 1 divided by their number is the cost of one
+   idle connection, as the load comparison measures it;
+3. after those connections closed, which shows what the server keeps;
+4. after a bounded wrk run (one thread, `--connections`, `--duration`),
+   during which the peak of the tree's summed VmRSS is sampled.
 
 Each mapping is put in one group (the executable, libpython, extension
 modules, other shared libraries, malloc's main heap, malloc thread arenas,
@@ -43,8 +46,10 @@ FIELDS = ("Rss", "Pss", "Private_Dirty", "Anonymous")
 MALLOC_ARENA_RESERVE = 64 * 1024 * 1024
 PAGE = 4096
 
-# Time for a server to settle after its first 200, and after load, before a snapshot.
-SETTLE_S = 1.0
+# Time for a server to settle after its first 200, and after load, before a
+# snapshot. Longer than the 1 s after which fastserve trims its heap once many
+# connections have closed, so the snapshot after load shows what stays resident.
+SETTLE_S = 2.0
 
 
 class Mapping:
@@ -200,7 +205,7 @@ def tree_total(snap: dict[str, dict], field: str) -> int:
 
 
 def measure(server: str, app_key: str, args: argparse.Namespace) -> None:
-    """Start one server on one app, take the three snapshots and print them."""
+    """Start one server on one app, take the snapshots and print them."""
     app, path = APPS[app_key]
     port = procs.free_port(HOST)
     launch = servers.Launch(app, APPS_DIR, HOST, port)
@@ -217,14 +222,49 @@ def measure(server: str, app_key: str, args: argparse.Namespace) -> None:
         max_lifetime_s=budget_s,
     )
     print(f"\n## {server}, {app_key} app\n\n`{' '.join(argv)}`")
-    sockets = []
     try:
         proc.wait_first_200(HOST, port, path, args.start_timeout)
         time.sleep(SETTLE_S)
         idle_snap = snapshot(server, proc)
         print_snapshot("idle", idle_snap, args.detail)
+        if args.idle:
+            measure_idle_connections(server, proc, port, path, idle_snap, args)
+        measure_load(server, proc, port, path, args)
+    finally:
+        proc.stop()
 
-        cpu_before = proc.cpu_seconds()
+
+def measure_idle_connections(
+    server: str,
+    proc: procs.ServerProcess,
+    port: int,
+    path: str,
+    idle_snap: dict[str, dict],
+    args: argparse.Namespace,
+) -> None:
+    """Open `args.idle` connections, print their cost, close them and print what stays."""
+    sockets = idle.open_idle_connections(HOST, port, path, args.idle)
+    try:
+        time.sleep(SETTLE_S)
+        open_snap = snapshot(server, proc)
+    finally:
+        idle.close_all(sockets)
+    print_snapshot(f"with {args.idle} idle connections", open_snap, args.detail)
+    for field in ("Rss", "Anonymous"):
+        grown = tree_total(open_snap, field) - tree_total(idle_snap, field)
+        print(f"\n{field} per idle connection: {grown / args.idle:.1f} KiB")
+
+    time.sleep(SETTLE_S)
+    closed_snap = snapshot(server, proc)
+    print_snapshot(f"after closing the {args.idle} connections", closed_snap, args.detail)
+
+
+def measure_load(
+    server: str, proc: procs.ServerProcess, port: int, path: str, args: argparse.Namespace
+) -> None:
+    """Run wrk while sampling the peak RSS, then print the CPU per request and a snapshot."""
+    cpu_before = proc.cpu_seconds()
+    with procs.RssSampler(proc.pid) as sampler:
         result = wrk.run_wrk(
             f"http://{HOST}:{port}{path}",
             wrk.LoadSpec(path),
@@ -232,29 +272,15 @@ def measure(server: str, app_key: str, args: argparse.Namespace) -> None:
             duration_s=args.duration,
             cpu=args.load_cpu,
         )
-        cpu_used = proc.cpu_seconds() - cpu_before
-        time.sleep(SETTLE_S)
-        loaded_snap = snapshot(server, proc)
-        print_snapshot(
-            f"after wrk -t1 -c{args.connections} -d{args.duration:g}s", loaded_snap, args.detail
-        )
-        per_request_us = 1e6 * cpu_used / result.requests if result.requests else 0.0
-        print(
-            f"\n{result.requests} requests, {result.requests_per_s:,.0f} req/s, "
-            f"server CPU {cpu_used:.2f} s = {per_request_us:.2f} µs per request"
-        )
-
-        if args.idle:
-            sockets = idle.open_idle_connections(HOST, port, path, args.idle)
-            time.sleep(SETTLE_S)
-            idle_conn_snap = snapshot(server, proc)
-            print_snapshot(f"with {args.idle} idle connections", idle_conn_snap, args.detail)
-            for field in ("Rss", "Anonymous"):
-                grown = tree_total(idle_conn_snap, field) - tree_total(loaded_snap, field)
-                print(f"\n{field} per idle connection: {grown / args.idle:.1f} KiB")
-    finally:
-        idle.close_all(sockets)
-        proc.stop()
+    cpu_used = proc.cpu_seconds() - cpu_before
+    per_request_us = 1e6 * cpu_used / result.requests if result.requests else 0.0
+    print(
+        f"\nwrk -t1 -c{args.connections} -d{args.duration:g}s: {result.requests} requests, "
+        f"{result.requests_per_s:,.0f} req/s, server CPU {per_request_us:.2f} µs per request, "
+        f"peak summed VmRSS {sampler.peak_kib} kB"
+    )
+    time.sleep(SETTLE_S)
+    print_snapshot("after the wrk run", snapshot(server, proc), args.detail)
 
 
 def parse_args() -> argparse.Namespace:
