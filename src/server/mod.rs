@@ -7,6 +7,7 @@
 
 pub mod heads;
 pub mod listener;
+mod trim;
 pub mod watchdog;
 
 use std::io;
@@ -30,6 +31,7 @@ use crate::http::websocket::CLOSE_GOING_AWAY;
 use crate::http::{ConnInfo, Shared};
 use heads::{ConnHeads, Tapped};
 use listener::BoundSocket;
+use trim::HeapTrim;
 use watchdog::{Activity, Timeouts, Watched};
 
 /// Pause after a failed `accept()` (for example when out of file
@@ -74,6 +76,7 @@ pub async fn serve(
     };
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let mut heap_trim = HeapTrim::default();
 
     // Set by the first SIGTERM or SIGINT: serving goes on until then, with
     // /health already returning 503, so load balancers can deregister.
@@ -90,6 +93,7 @@ pub async fn serve(
                 Ok(accepted) => {
                     let watch = (Activity::new(), timeouts);
                     accepted.spawn(&mut connections, &builder, &graceful, &shared, watch);
+                    heap_trim.opened(connections.len());
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "accepting a connection failed");
@@ -118,7 +122,10 @@ pub async fn serve(
                 None => break,
             },
             () = delay_over => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                heap_trim.closed(connections.len());
+            }
+            () = heap_trim.due() => heap_trim.trim(connections.len()),
         }
     }
 
