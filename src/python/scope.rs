@@ -172,9 +172,9 @@ fn full_path<'py>(
     Ok(PyString::new(py, &format!("{root}{decoded}")))
 }
 
-/// The scope's `headers`: in the order sent when `order` has it, which
-/// only differs from the map's order for a name repeated with another name
-/// in between.
+/// Builds the scope's `headers`, in the order sent when `order` is given.
+/// That order differs from the map's only for a name repeated with another
+/// name in between.
 pub fn header_list<'py>(
     py: Python<'py>,
     headers: &http::HeaderMap,

@@ -190,31 +190,38 @@ def test_content_length_with_chunked_rejected(
     assert closed
 
 
+CONFLICTING_FRAMING = [("content-length", "5"), ("transfer-encoding", "chunked")]
+
+
+def pipeline_conflicting_after(server: Server, first: bytes) -> tuple[list[int], bool]:
+    """Send `first` and a request with both framings in one write; return both
+    statuses and whether the server then closed the connection."""
+    second = build_request("POST", "/count", CONFLICTING_FRAMING) + chunked(b"hello")
+    with server.open() as conn:
+        conn.send(first + second)
+        statuses = [conn.read_response().status, conn.read_response().status]
+        closed = conn.wait_closed()
+    return statuses, closed
+
+
 @pytest.mark.uvicorn_differs(
     reason="answers only the 400 when a later request in the same read is invalid"
 )
 def test_pipelined_content_length_with_chunked_rejected(raw_server: Server) -> None:
     """The second request follows a body, so only framing-aware scanning finds its head."""
     first = build_request("POST", "/count", [("content-length", "5")]) + b"hello"
-    second = build_request(
-        "POST", "/count", [("content-length", "5"), ("transfer-encoding", "chunked")]
-    )
-    with raw_server.open() as conn:
-        conn.send(first + second + chunked(b"hello"))
-        responses = [conn.read_response(), conn.read_response()]
-        closed = conn.wait_closed()
-    assert responses[0].status == 200
-    assert responses[1].status == 400
+    statuses, closed = pipeline_conflicting_after(raw_server, first)
+    assert statuses[0] == 200
+    assert statuses[1] == 400
     assert closed
 
 
 def test_framing_checked_after_refused_upgrade(raw_server: Server) -> None:
     """A request for an upgrade that gets an ordinary response keeps the connection HTTP/1.1."""
     upgrade = [("connection", "upgrade"), ("upgrade", "h2c")]
-    framing = [("content-length", "5"), ("transfer-encoding", "chunked")]
     with raw_server.open() as conn:
         first = conn.request("GET", "/hello", upgrade)
-        second = conn.request("POST", "/count", framing, chunked(b"hello"))
+        second = conn.request("POST", "/count", CONFLICTING_FRAMING, chunked(b"hello"))
         closed = conn.wait_closed()
     assert first.status == 200
     assert second.status == 400
@@ -227,15 +234,9 @@ def test_framing_checked_after_refused_upgrade(raw_server: Server) -> None:
 def test_framing_checked_after_pipelined_refused_upgrade(raw_server: Server) -> None:
     """The second head arrives while the scanner waits for the upgrade's response."""
     first = build_request("GET", "/hello", [("connection", "upgrade"), ("upgrade", "h2c")])
-    second = build_request(
-        "POST", "/count", [("content-length", "5"), ("transfer-encoding", "chunked")]
-    )
-    with raw_server.open() as conn:
-        conn.send(first + second + chunked(b"hello"))
-        responses = [conn.read_response(), conn.read_response()]
-        closed = conn.wait_closed()
-    assert responses[0].status == 200
-    assert responses[1].status == 400
+    statuses, closed = pipeline_conflicting_after(raw_server, first)
+    assert statuses[0] == 200
+    assert statuses[1] == 400
     assert closed
 
 

@@ -93,15 +93,9 @@ impl ConnHeads {
             return HeadNotes::default();
         }
         let mut scan = self.lock_scan();
-        let notes = &mut scan.notes;
-        while notes.front().is_some_and(|(i, _)| *i < index) {
-            notes.pop_front();
-        }
-        let found = match notes.front() {
-            Some((i, _)) if *i == index => notes.pop_front().map(|(_, n)| n),
-            _ => None,
-        };
-        self.notes_waiting.store(notes.len(), Ordering::Relaxed);
+        let found = take_numbered(&mut scan.notes, index);
+        self.notes_waiting
+            .store(scan.notes.len(), Ordering::Relaxed);
         found.unwrap_or_default()
     }
 
@@ -149,13 +143,7 @@ impl ConnHeads {
     /// responses were never written.
     fn take_restore(&self, number: u64) -> Option<SentHeaders> {
         let mut restores = self.restores.lock().unwrap_or_else(PoisonError::into_inner);
-        while restores.front().is_some_and(|(n, _)| *n < number) {
-            restores.pop_front();
-        }
-        let found = match restores.front() {
-            Some((n, _)) if *n == number => restores.pop_front().map(|(_, s)| s),
-            _ => None,
-        };
+        let found = take_numbered(&mut restores, number);
         self.restores_waiting
             .store(restores.len(), Ordering::Relaxed);
         found
@@ -312,6 +300,18 @@ impl<I: AsyncWrite + Unpin> Tapped<I> {
         self.restored = Vec::new();
         self.restored_written = 0;
         Poll::Ready(Ok(done + written - restored_len))
+    }
+}
+
+/// Takes the entry numbered `number` from a queue kept in number order,
+/// dropping older entries, whose request or response never came.
+fn take_numbered<T>(queue: &mut VecDeque<(u64, T)>, number: u64) -> Option<T> {
+    while queue.front().is_some_and(|(n, _)| *n < number) {
+        queue.pop_front();
+    }
+    match queue.front() {
+        Some((n, _)) if *n == number => queue.pop_front().map(|(_, entry)| entry),
+        _ => None,
     }
 }
 
